@@ -1,0 +1,161 @@
+"""EMPGConfig: GRPOConfig plus EMPG's hyperparameters and the multi-turn environment rollout settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import GRPOConfig
+
+from .entropy import ENTROPY_SOURCES
+
+MODULATIONS = ("empg", "none")
+PROMPT_STYLES = ("react", "plain")
+REWARD_MODES = ("success", "score")
+ENV_SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class EMPGConfig(GRPOConfig):
+    r"""
+    Configuration for [`EMPGTrainer`]: everything in [`~trl.GRPOConfig`] plus the fields below.
+
+    EMPG (Entropy-Modulated Policy Gradients, arXiv:2509.09265) rescales each step's advantage by a function of the
+    step's entropy under the rollout policy and adds a future-clarity bonus. Defaults follow the paper's project page
+    (k = k' = 1, zeta = 0.1). With `empg_k=0`, `empg_zeta=0` and `empg_center=False`, training equals GRPO exactly.
+
+    Parameters:
+        modulation (`str`, defaults to `"empg"`): step-level advantage modulation, `"empg"` or `"none"` (plain GRPO).
+        empg_k (`float`, defaults to `1.0`): k, sharpness of the self-calibrating scale g(H).
+        empg_k_future (`float`, defaults to `1.0`): k', sharpness of the future-clarity weight f(H).
+        empg_zeta (`float`, defaults to `0.1`): zeta, weight of the future-clarity bonus.
+        empg_eps (`float`, defaults to `1e-8`): epsilon of the min-max entropy normalisation.
+        empg_center (`bool`, defaults to `True`): subtract the batch mean of the modulated step advantages.
+        entropy_source (`str`, defaults to `"auto"`): where step entropies come from.
+        env_id (`str` or `None`): text environment to train on with multi-turn rollouts (e.g. `"twx:coin"`).
+    """
+
+    # EMPG
+    modulation: str = field(
+        default="empg",
+        metadata={"help": "Step-level advantage modulation: 'empg' (arXiv:2509.09265) or 'none' (plain GRPO/DAPO)."},
+    )
+    empg_k: float = field(
+        default=1.0,
+        metadata={"help": "k in g(H) = exp(-k Hn) / mean(exp(-k Hn)); 0 disables the scaling. Paper default 1.0."},
+    )
+    empg_k_future: float = field(
+        default=1.0,
+        metadata={"help": "k' in the future-clarity weight f(H) = exp(-k' Hn). Paper default 1.0."},
+    )
+    empg_zeta: float = field(
+        default=0.1,
+        metadata={"help": "zeta, weight of the future-clarity bonus zeta * f(H_{t+1}); 0 disables it. Paper: 0.1."},
+    )
+    empg_eps: float = field(
+        default=1e-8,
+        metadata={"help": "Epsilon in the batch min-max normalisation of step entropies. Paper default 1e-8."},
+    )
+    empg_center: bool = field(
+        default=True,
+        metadata={"help": "Subtract the batch mean of the modulated step advantages (no std division), as the paper."},
+    )
+    entropy_source: str = field(
+        default="auto",
+        metadata={
+            "help": "Source of rollout-policy token entropies: 'generation' (recorded while generating, transformers "
+            "backend), 'old_logps' (kept from TRL's old-log-prob pass when it runs), 'forward' (one extra no-grad "
+            "chunked pass), or 'auto' (the first of these that is free)."
+        },
+    )
+
+    # Multi-turn text-environment rollouts
+    env_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text environment for multi-turn rollouts, e.g. 'twx:coin', 'scienceworld:boil', 'alfworld', "
+            "'textworld:cooking' or 'package.module:Class'. None: single-turn prompts / TRL tool environments."
+        },
+    )
+    env_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for the environment constructor (a dict, or a JSON string on the CLI)."},
+    )
+    env_split: str = field(
+        default="train",
+        metadata={"help": "Environment split whose task seeds build the training dataset: train, dev or test."},
+    )
+    env_num_tasks: int | None = field(
+        default=None,
+        metadata={"help": "Use only the first N task seeds of the split for the training dataset (None: all)."},
+    )
+    max_turns: int = field(
+        default=20,
+        metadata={"help": "Maximum agent turns per episode; episodes that reach it end as truncated."},
+    )
+    max_turn_tokens: int = field(
+        default=128,
+        metadata={"help": "Maximum tokens the agent may generate in one turn."},
+    )
+    prompt_style: str = field(
+        default="react",
+        metadata={
+            "help": "Agent prompt: 'react' (reasoning in <think>, action in <action>) or 'plain' (the reply is the "
+            "action)."
+        },
+    )
+    show_admissible_actions: bool = field(
+        default=True,
+        metadata={"help": "List the environment's admissible actions in each observation turn when it provides them."},
+    )
+    reward_mode: str = field(
+        default="success",
+        metadata={"help": "Episode reward: 'success' (1 if won else 0) or 'score' (the env's score in [0, 1])."},
+    )
+    invalid_action_penalty: float = field(
+        default=0.0,
+        metadata={"help": "Subtracted from the episode reward for every malformed or inadmissible action."},
+    )
+    env_workers: int = field(
+        default=0,
+        metadata={"help": "Worker processes stepping environments in parallel (0: in the training process)."},
+    )
+    env_step_timeout: float = field(
+        default=30.0,
+        metadata={"help": "Seconds an environment step may take before the episode is ended as a recorded failure."},
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("modulation", self.modulation, MODULATIONS)
+        _check_choice("entropy_source", self.entropy_source, ENTROPY_SOURCES)
+        _check_choice("prompt_style", self.prompt_style, PROMPT_STYLES)
+        _check_choice("reward_mode", self.reward_mode, REWARD_MODES)
+        _check_choice("env_split", self.env_split, ENV_SPLITS)
+        for name in ("empg_k", "empg_k_future", "empg_zeta", "invalid_action_penalty"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.empg_eps <= 0:
+            raise ValueError(f"empg_eps must be > 0, got {self.empg_eps}.")
+        for name in ("max_turns", "max_turn_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.env_workers < 0:
+            raise ValueError(f"env_workers must be >= 0, got {self.env_workers}.")
+        if self.env_step_timeout <= 0:
+            raise ValueError(f"env_step_timeout must be > 0, got {self.env_step_timeout}.")
+        if self.env_num_tasks is not None and self.env_num_tasks < 1:
+            raise ValueError(f"env_num_tasks must be >= 1 or None, got {self.env_num_tasks}.")
+        if isinstance(self.env_kwargs, str):
+            try:
+                self.env_kwargs = json.loads(self.env_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"env_kwargs must be a JSON object, got {self.env_kwargs!r}: {error}") from None
+        if self.env_kwargs is not None and not isinstance(self.env_kwargs, dict):
+            raise ValueError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}.")
+        super().__post_init__()
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of {list(choices)}.")

@@ -1,0 +1,183 @@
+"""The bridge between TRL's GRPO loop and multi-turn text-environment episodes.
+
+:class:`EnvRollout` is the ``rollout_func`` that :class:`~trl_empg.EMPGTrainer` installs when ``args.env_id`` is set:
+each task row of the generation batch (a task seed; TRL's sampler repeats it ``num_generations`` times, so a GRPO
+group is one task) is played as one whole episode by :func:`trl_empg.rollout.run_episodes`, generating every turn
+through the trainer's own backend (transformers ``generate`` or vLLM). It also builds the task dataset from an env
+split and provides the outcome reward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from datasets import Dataset
+
+from .entropy import GenerationEntropyStore
+from .envs import make
+from .envs.pool import EnvPool
+from .rollout import AgentPrompts, Episode, RolloutSettings, run_episodes
+
+if TYPE_CHECKING:
+    from .config import EMPGConfig
+    from .trainer import EMPGTrainer
+
+
+def episode_reward(completions: list[Any], episode_reward: list[float], **kwargs: Any) -> list[float]:
+    """The outcome reward of each episode (success or score, minus invalid-action penalties), set by the rollout."""
+    return [float(r) for r in episode_reward]
+
+
+class EnvRollout:
+    """TRL ``rollout_func`` playing whole episodes of ``args.env_id``; one completion per episode."""
+
+    def __init__(self, args: EMPGConfig) -> None:
+        self.args = args
+        self.env_id = args.env_id
+        self.env_kwargs = dict(args.env_kwargs or {})
+        self.settings = RolloutSettings.from_config(args)
+        self._task_description: str | None = None
+        self._pool: EnvPool | None = None
+
+    def _describe(self) -> tuple[str, dict[str, list[int]]]:
+        env = make(self.env_id, **self.env_kwargs)
+        try:
+            seeds = {split: list(env.task_seeds(split)) for split in ("train", "dev", "test")}
+            return getattr(env, "task_description", "") or "", seeds
+        finally:
+            env.close()
+
+    def task_dataset(self, split: str = "train", num_tasks: int | None = None) -> Dataset:
+        """One row per task seed of ``split``: ``prompt`` (a readable task id), ``task_seed`` and ``task_split``."""
+        self._task_description, seeds = self._describe()
+        chosen = seeds[split][:num_tasks] if num_tasks else seeds[split]
+        if not chosen:
+            raise ValueError(f"Environment {self.env_id!r} has no task seeds in split {split!r}.")
+        return Dataset.from_dict(
+            {
+                "prompt": [f"{self.env_id} {split} task {seed}" for seed in chosen],
+                "task_seed": chosen,
+                "task_split": [split] * len(chosen),
+            }
+        )
+
+    def reward_funcs(self) -> list:
+        return [episode_reward]
+
+    @property
+    def agent_prompts(self) -> AgentPrompts:
+        if self._task_description is None:
+            self._task_description, _ = self._describe()
+        return AgentPrompts(self.settings.prompt_style, self.settings.show_admissible_actions, self._task_description)
+
+    def pool(self) -> EnvPool:
+        if self._pool is None:
+            self._pool = EnvPool(
+                self.env_id,
+                self.env_kwargs,
+                num_workers=self.args.env_workers,
+                step_timeout=self.args.env_step_timeout,
+            )
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __call__(self, prompts: list[Any], trainer: EMPGTrainer) -> dict[str, Any]:
+        rows = trainer._current_inputs
+        if len(rows) != len(prompts) or any("task_seed" not in row for row in rows):
+            raise ValueError(
+                "Multi-turn env training needs dataset rows with a 'task_seed' column (and optionally "
+                "'task_split'); build the dataset with EnvRollout.task_dataset or leave it unset."
+            )
+        tasks = [(int(row["task_seed"]), str(row.get("task_split") or self.args.env_split)) for row in rows]
+        logprobs = GenerationEntropyStore()  # same content addressing, used for the sampling log-probs
+        episodes = run_episodes(
+            self.pool(),
+            tasks,
+            trainer.processing_class,
+            lambda ids, max_new: self._generate(trainer, ids, max_new, logprobs),
+            self.settings,
+            prompts=self.agent_prompts,
+        )
+        self._log(trainer, episodes)
+        return self._to_trl(trainer, episodes, logprobs)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _turn_length(trainer: EMPGTrainer, max_new_tokens: int) -> Iterator[None]:
+        config = getattr(trainer, "generation_config", None)
+        if config is None:  # vLLM samples up to max_completion_length; the runner trims to the turn budget
+            yield
+            return
+        previous = config.max_new_tokens
+        config.max_new_tokens = max_new_tokens
+        try:
+            yield
+        finally:
+            config.max_new_tokens = previous
+
+    def _generate(
+        self, trainer: EMPGTrainer, prompt_ids: list[list[int]], max_new_tokens: int, logprobs: GenerationEntropyStore
+    ) -> tuple[list[list[int]], list[list[float]] | None]:
+        with self._turn_length(trainer, max_new_tokens):
+            completion_ids, sampled_logprobs = trainer._generate_single_turn(prompt_ids, None, {}, num_generations=1)
+        completion_ids = [list(ids)[:max_new_tokens] for ids in completion_ids]
+        if sampled_logprobs is not None:
+            for prompt, ids, values in zip(prompt_ids, completion_ids, sampled_logprobs, strict=True):
+                logprobs.add(prompt, ids, list(values)[: len(ids)])
+        entropies = trainer._last_generation_entropies
+        if entropies is not None:
+            entropies = [row[: len(ids)] for row, ids in zip(entropies, completion_ids, strict=True)]
+        return completion_ids, entropies
+
+    def _to_trl(self, trainer: EMPGTrainer, episodes: list[Episode], logprobs: GenerationEntropyStore) -> dict:
+        filler = trainer.processing_class.pad_token_id
+        for episode in episodes:
+            if not episode.completion_ids:  # an env that failed at reset: one masked token keeps TRL's shapes valid
+                episode.completion_ids, episode.env_mask, episode.step_ids = [filler], [0], [-1]
+                episode.entropies = [0.0]
+        sampled = None
+        if len(logprobs):
+            sampled = [logprobs.lookup(e.prompt_ids, e.completion_ids, e.env_mask) for e in episodes]
+        return {
+            "prompt_ids": [e.prompt_ids for e in episodes],
+            "completion_ids": [e.completion_ids for e in episodes],
+            "logprobs": sampled,
+            "env_mask": [e.env_mask for e in episodes],
+            "step_ids": [e.step_ids for e in episodes],
+            "token_entropies": [e.entropies for e in episodes],
+            "episode_reward": [e.reward for e in episodes],
+            "won": [e.won for e in episodes],
+            "score": [e.score for e in episodes],
+            "num_turns": [e.num_turns for e in episodes],
+            "truncated": [e.truncated for e in episodes],
+            "env_error": [e.error for e in episodes],
+        }
+
+    def _log(self, trainer: EMPGTrainer, episodes: list[Episode]) -> None:
+        mode = "train" if trainer.model.training else "eval"
+        stats = torch.tensor(
+            [
+                [
+                    float(e.won),
+                    e.score,
+                    e.num_turns,
+                    e.num_invalid_actions / max(e.num_turns, 1),
+                    float(e.truncated),
+                    float(e.error is not None),
+                ]
+                for e in episodes
+            ],
+            device=trainer.accelerator.device,
+        )
+        gathered = trainer.accelerator.gather(stats)
+        metrics = trainer._metrics[mode]
+        for column, name in enumerate(("success_rate", "score", "turns", "invalid_action_rate", "truncated_rate")):
+            metrics[f"env/{name}"].append(gathered[:, column].mean().item())
+        metrics["env/errors"].append(gathered[:, 5].sum().item())

@@ -1,0 +1,496 @@
+"""A fault-tolerant pool of environments, one per episode slot, stepped in parallel worker processes.
+
+The rollout keeps one slot per episode of a generation batch and, every turn, sends all the slots' actions at once:
+each worker receives its share of the requests before any answer is collected, so the workers run concurrently while
+each handles its own slots in order. Slot ``s`` lives on worker ``s % num_workers``; its environment is built there
+lazily with :func:`trl_empg.envs.make` and reused across resets.
+
+A failing environment must not take the batch down. An exception inside an env becomes an error result for that slot
+(its env is discarded and rebuilt on its next reset). A request that does not answer in time, or whose worker died,
+becomes an error result too; the worker is then killed, restarted, and the other slots that lived on it are restored
+by replaying their (seed, split, actions) history, which reproduces them because environments are deterministic
+(see :mod:`trl_empg.envs.base`). A slot whose replay fails or diverges is marked failed and reports an error on its
+next step. Error results always have ``done=True``, so the rollout ends that episode and records it as a failure.
+
+Workers are fresh interpreters (the "spawn" model: the parent may hold torch threads or a JVM, which do not survive
+``fork``), started directly rather than through :mod:`multiprocessing`, whose "spawn" re-runs the caller's
+``__main__`` module in every worker: a training script would load torch and TRL again in each one, and a script
+without an ``if __name__ == "__main__":`` guard would fail. Workers import only :mod:`trl_empg.envs` (the package
+``__init__`` is lazy), never torch. Each runs in its own session, so a restart kills the JVMs it started with it, and
+exits on its own if the parent dies. Timeouts count from the moment the worker could start the request: requests of
+one worker run one after another. Linux and other POSIX systems with ``os.waitid``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from . import make
+from .base import TextEnv, check_split, make_info
+
+__all__ = ["EnvPool", "StepResult"]
+
+
+@dataclass
+class StepResult:
+    """The answer to one reset or step request."""
+
+    observation: str
+    reward: float
+    done: bool
+    info: dict[str, Any]
+    error: str | None = None  # set when the env raised, hung past the timeout or its worker died; done is then True
+
+
+def _error_result(message: str) -> StepResult:
+    return StepResult(observation="", reward=0.0, done=True, info=make_info(), error=message)
+
+
+# Requests travel to workers as plain tuples: ("reset", slot, seed, split), ("step", slot, action) or
+# ("replay", slot, seed, split, actions). A replay answers with the observation its last action produced.
+Request = tuple[Any, ...]
+
+
+class _SlotRunner:
+    """Runs requests against one env per slot and turns env exceptions into error results.
+
+    Used in-process by a pool without workers and inside every worker process.
+    """
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any]) -> None:
+        self.env_id = env_id
+        self.env_kwargs = env_kwargs
+        self.envs: dict[int, TextEnv] = {}
+
+    def run(self, request: Request) -> StepResult:
+        kind, slot = request[0], request[1]
+        try:
+            if kind == "step":
+                env = self.envs.get(slot)
+                if env is None:
+                    raise RuntimeError(f"slot {slot} has no environment; reset it first")
+                observation, reward, done, info = env.step(request[2])
+                return StepResult(observation, float(reward), bool(done), info)
+            env = self.envs.get(slot)
+            if env is None:
+                env = self.envs[slot] = make(self.env_id, **self.env_kwargs)
+            observation, info = env.reset(seed=request[2], split=request[3])
+            done = False
+            if kind == "replay":
+                for action in request[4]:
+                    observation, _, done, info = env.step(action)
+            return StepResult(observation, 0.0, done, info)
+        except Exception as error:
+            self.discard(slot)
+            return _error_result(
+                f"{self.env_id} slot {slot}: {kind} raised {type(error).__name__}: {error}\n{traceback.format_exc()}"
+            )
+
+    def discard(self, slot: int) -> None:
+        env = self.envs.pop(slot, None)
+        if env is not None:
+            try:
+                env.close()
+            except Exception:
+                pass  # The env already failed; a failing close must not hide that error.
+
+    def close(self) -> None:
+        for slot in list(self.envs):
+            self.discard(slot)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Watchdog thread: a worker whose parent died (even by SIGKILL) must not linger, even inside a hung env."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _worker_main(fd: int) -> None:
+    """Worker loop: receive a batch of requests, answer each one as soon as it is done, until told to stop."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    conn = Connection(fd)
+    env_id, env_kwargs = conn.recv()
+    runner = _SlotRunner(env_id, env_kwargs)
+    try:
+        while True:
+            try:
+                batch = conn.recv()
+            except (EOFError, OSError):
+                break
+            if batch is None:
+                break
+            for request in batch:
+                result = runner.run(request)
+                try:
+                    conn.send(result)
+                except (EOFError, OSError):
+                    return
+                except Exception as error:  # An info dict that does not pickle.
+                    conn.send(_error_result(f"{env_id} slot {request[1]}: result cannot be sent: {error!r}"))
+    finally:
+        runner.close()
+
+
+# Runs in the worker: restore the parent's import path (user env modules, tests), then serve.
+_BOOTSTRAP = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[2]); "
+    "from trl_empg.envs.pool import _worker_main; _worker_main(int(sys.argv[1]))"
+)
+
+
+def _exit_status(pid: int) -> os.waitid_result | None:
+    """The child's exit status if it has exited, without reaping it: until reaped, its pid (which is also its session
+    and process group id) cannot be reused, so killing that group cannot hit an unrelated process."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # Already reaped.
+        return None
+
+
+class _Worker:
+    """Parent-side handle of one worker process."""
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any]) -> None:
+        self.conn, child_conn = multiprocessing.Pipe()
+        fd = child_conn.fileno()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, str(fd), json.dumps([p for p in sys.path if isinstance(p, str)])],
+                pass_fds=(fd,),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            # Drop the parent's copy of the child's end so that a dead worker reads as EOF.
+            child_conn.close()
+        self.conn.send((env_id, env_kwargs))
+        self.fresh = True  # No request answered yet: the first one also waits for the interpreter to start.
+
+    def alive(self) -> bool:
+        return self.process.returncode is None and _exit_status(self.process.pid) is None
+
+    def wait_exit(self, deadline: float) -> bool:
+        """Wait until the worker exits or ``deadline`` (monotonic) passes, leaving it unreaped; True if it exited."""
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def death(self) -> str:
+        """Describe the worker's death (its socket closed: the process itself may need a moment to exit)."""
+        status = _exit_status(self.process.pid) if self.wait_exit(time.monotonic() + 1.0) else None
+        if status is None:
+            return "its worker process died"
+        if status.si_code == os.CLD_EXITED:
+            return f"its worker process died (exit code {status.si_status})"
+        return f"its worker process died (signal {status.si_status})"
+
+    def stop(self, grace: float) -> None:
+        """Ask the worker to exit (so it closes its envs); after ``grace`` seconds kill its whole session."""
+        if grace > 0:
+            self.request_exit()
+            self.wait_exit(time.monotonic() + grace)
+        if self.process.returncode is None:
+            try:
+                # The worker leads its own session: this also takes down the JVMs and other processes it started.
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.process.wait()
+        self.conn.close()
+
+    def request_exit(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass  # Already dead or closed.
+
+
+def _shut_down(runner: _SlotRunner | None, workers: list[_Worker | None], grace: float) -> None:
+    """Close the in-process envs and stop all workers: signal all first, then wait, so they close concurrently."""
+    if runner is not None:
+        runner.close()
+    live = [worker for worker in workers if worker is not None]
+    workers[:] = [None] * len(workers)
+    for worker in live:
+        worker.request_exit()
+    deadline = time.monotonic() + grace
+    for worker in live:
+        worker.wait_exit(deadline)
+        worker.stop(0.0)
+
+
+@dataclass
+class _Slot:
+    """The parent's record of one slot: enough to replay it and to refuse steps it cannot take."""
+
+    seed: int
+    split: str
+    actions: list[str]
+    last_observation: str
+    state: str  # "running", "done" or "failed"
+    reason: str = ""  # why a failed slot failed
+
+
+@dataclass
+class _Pending:
+    """A request sent to a worker and not answered yet; ``index`` is its position in the caller's list."""
+
+    index: int | None  # None for replays, which the pool issues itself
+    request: Request
+    timeout: float
+
+
+class EnvPool:
+    """Environments for numbered episode slots, reset and stepped in batches, in parallel when ``num_workers > 0``.
+
+    Args:
+        env_id: the registry id of the environment (``"twx:coin"``, ``"pkg.module:Class"``, ...).
+        env_kwargs: keyword arguments for :func:`trl_empg.envs.make`; must pickle when workers are used.
+        num_workers: worker processes; 0 runs every env in this process, where env exceptions are still returned as
+            error results but a hanging env cannot be interrupted (timeouts need workers).
+        step_timeout: seconds a step may take before it is reported as an error and its worker restarted.
+        reset_timeout: the same for resets, which may build the environment (start a JVM) first.
+
+    Not thread-safe: one caller at a time.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        env_kwargs: dict[str, Any] | None = None,
+        num_workers: int = 0,
+        step_timeout: float = 30.0,
+        reset_timeout: float = 120.0,
+    ) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
+        if step_timeout <= 0 or reset_timeout <= 0:
+            raise ValueError("step_timeout and reset_timeout must be positive.")
+        self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs or {})
+        self.num_workers = num_workers
+        self.step_timeout = float(step_timeout)
+        self.reset_timeout = float(reset_timeout)
+        self._slots: dict[int, _Slot] = {}
+        self._num_errors = 0
+        self._closed = False
+        self._runner = _SlotRunner(env_id, self.env_kwargs) if num_workers == 0 else None
+        self._workers: list[_Worker | None] = [None] * num_workers
+        # Runs on close(), garbage collection or interpreter exit; holds the runner and the list, not the pool.
+        self._finalizer = weakref.finalize(self, _shut_down, self._runner, self._workers, 2.0)
+        for index in range(num_workers):
+            self._workers[index] = _Worker(env_id, self.env_kwargs)
+
+    @property
+    def num_errors(self) -> int:
+        """Env failures recorded so far: exceptions, timeouts, worker deaths and failed replays."""
+        return self._num_errors
+
+    def reset(self, requests: list[tuple[int, int, str]]) -> list[StepResult]:
+        """Start episode ``seed`` of ``split`` in each ``slot``; returns one result per request, in order."""
+        self._check_open([slot for slot, _, _ in requests])
+        for _, _, split in requests:
+            check_split(split)
+        return self._execute([("reset", slot, seed, split) for slot, seed, split in requests])
+
+    def step(self, requests: list[tuple[int, str]]) -> list[StepResult]:
+        """Play ``action`` in each ``slot``; a slot that is done or failed gets an error result until reset."""
+        self._check_open([slot for slot, _ in requests])
+        return self._execute([("step", slot, action) for slot, action in requests])
+
+    def close(self) -> None:
+        """Stop the workers (closing their envs) or close the in-process envs; safe to call twice."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _check_open(self, slots: list[int]) -> None:
+        if self._closed:
+            raise RuntimeError("The EnvPool is closed.")
+        for slot in slots:
+            if not isinstance(slot, int) or slot < 0:
+                raise ValueError(f"Slots are non-negative integers, got {slot!r}.")
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"Each slot may appear once per call, got {slots}.")
+
+    def _execute(self, requests: list[Request]) -> list[StepResult]:
+        results: list[StepResult | None] = [None] * len(requests)
+        runnable: list[tuple[int, Request]] = []
+        for index, request in enumerate(requests):
+            refusal = self._refusal(request)
+            if refusal is None:
+                runnable.append((index, request))
+            else:
+                results[index] = _error_result(refusal)
+        if self._runner is not None:
+            for index, request in runnable:
+                results[index] = self._record(request, self._runner.run(request))
+        else:
+            self._execute_in_workers(runnable, results)
+        assert all(result is not None for result in results)
+        return results  # type: ignore[return-value]
+
+    def _refusal(self, request: Request) -> str | None:
+        """Why a step cannot be sent to the env (the slot's episode is not running), or None."""
+        if request[0] != "step":
+            return None
+        slot = self._slots.get(request[1])
+        if slot is None:
+            return f"slot {request[1]} was never reset"
+        if slot.state == "done":
+            return f"slot {request[1]}: the episode is over; reset the slot first"
+        if slot.state == "failed":
+            return f"slot {request[1]} failed; reset it first. {slot.reason}"
+        return None
+
+    def _record(self, request: Request, result: StepResult) -> StepResult:
+        """Update the slot's history from an answered reset or step, counting errors."""
+        kind, slot_id = request[0], request[1]
+        slot = self._slots.get(slot_id)
+        if kind == "step" and slot is not None and slot.state == "failed":
+            # The slot failed while this step was queued behind its replay: its answer is meaningless.
+            return _error_result(f"slot {slot_id} failed; reset it first. {slot.reason}")
+        if result.error is not None:
+            self._fail_slot(request, result.error)
+            return result
+        if kind == "reset":
+            self._slots[slot_id] = _Slot(request[2], request[3], [], result.observation, "running")
+        elif slot is not None:
+            slot.actions.append(request[2])
+            slot.last_observation = result.observation
+            if result.done:
+                slot.state = "done"
+        return result
+
+    def _fail_slot(self, request: Request, reason: str) -> None:
+        """Count an env failure and mark the request's slot failed until its next reset."""
+        self._num_errors += 1
+        kind, slot_id = request[0], request[1]
+        if kind == "reset":
+            self._slots[slot_id] = _Slot(request[2], request[3], [], "", "failed", reason)
+        elif slot_id in self._slots:
+            self._slots[slot_id].state = "failed"
+            self._slots[slot_id].reason = reason
+
+    def _execute_in_workers(self, runnable: list[tuple[int, Request]], results: list[StepResult | None]) -> None:
+        queues: dict[int, deque[_Pending]] = {}
+        for index, request in runnable:
+            timeout = self.step_timeout if request[0] == "step" else self.reset_timeout
+            queues.setdefault(request[1] % self.num_workers, deque()).append(_Pending(index, request, timeout))
+        deadlines: dict[int, float] = {}
+        # Send every worker its share before collecting anything, so that all workers run at once.
+        for worker_id in list(queues):
+            worker = self._workers[worker_id]
+            if worker is None or not worker.alive():
+                self._restart(worker_id, queues[worker_id], deadlines)
+            else:
+                self._send(worker_id, queues[worker_id], deadlines)
+        while any(queues.values()):
+            busy = {worker_id for worker_id, queue in queues.items() if queue}
+            # A dead worker's socket reads as EOF, so waiting on the sockets also notices deaths.
+            conns = [worker.conn for worker_id in busy if (worker := self._workers[worker_id]) is not None]
+            wait(conns, timeout=max(0.0, min(deadlines[worker_id] for worker_id in busy) - time.monotonic()))
+            for worker_id in busy:
+                self._collect(worker_id, queues[worker_id], deadlines, results)
+
+    def _collect(
+        self, worker_id: int, queue: deque[_Pending], deadlines: dict[int, float], results: list[StepResult | None]
+    ) -> None:
+        """Take every answer the worker has ready; restart it if it died or its current request is overdue."""
+        worker = self._workers[worker_id]
+        assert worker is not None
+        try:
+            while queue and worker.conn.poll():
+                result = worker.conn.recv()
+                worker.fresh = False
+                self._answer(queue.popleft(), result, results)
+                if queue:
+                    deadlines[worker_id] = time.monotonic() + queue[0].timeout
+            if not queue:
+                return
+            if not worker.alive():
+                problem = worker.death()
+            elif time.monotonic() > deadlines[worker_id]:
+                problem = f"no answer within {queue[0].timeout:g} s"
+            else:
+                return
+        except (EOFError, OSError):
+            problem = worker.death()
+        failed = queue.popleft()
+        message = f"{self.env_id} slot {failed.request[1]}: {failed.request[0]} failed: {problem}"
+        if failed.index is None:
+            self._fail_slot(failed.request, f"Replay after a worker restart failed: {message}")
+        else:
+            results[failed.index] = _error_result(message)
+            self._fail_slot(failed.request, message)
+        self._restart(worker_id, queue, deadlines)
+
+    def _answer(self, pending: _Pending, result: StepResult, results: list[StepResult | None]) -> None:
+        slot_id = pending.request[1]
+        if pending.index is not None:
+            results[pending.index] = self._record(pending.request, result)
+            return
+        # A replay: the slot is restored only if it ends where it was.
+        if result.error is not None:
+            self._fail_slot(pending.request, f"Replay after a worker restart failed: {result.error}")
+        elif result.observation != self._slots[slot_id].last_observation:
+            self._fail_slot(pending.request, "Replay after a worker restart diverged from the original episode.")
+
+    def _restart(self, worker_id: int, queue: deque[_Pending], deadlines: dict[int, float]) -> None:
+        """Replace the worker, replay the running slots it held, then resend the requests it had not answered."""
+        old = self._workers[worker_id]
+        if old is not None:
+            old.stop(0.0)
+        self._workers[worker_id] = _Worker(self.env_id, self.env_kwargs)
+        # Replays the dead worker had not finished are issued afresh below, with those of the slots it had restored.
+        remaining = [pending for pending in queue if pending.index is not None]
+        queue.clear()
+        queue.extend(remaining)
+        queued_resets = {pending.request[1] for pending in queue if pending.request[0] == "reset"}
+        replays = [
+            _Pending(
+                None,
+                ("replay", slot_id, slot.seed, slot.split, list(slot.actions)),
+                self.reset_timeout + self.step_timeout * len(slot.actions),
+            )
+            for slot_id, slot in sorted(self._slots.items())
+            if slot_id % self.num_workers == worker_id and slot.state == "running" and slot_id not in queued_resets
+        ]
+        queue.extendleft(reversed(replays))
+        if queue:
+            self._send(worker_id, queue, deadlines)
+
+    def _send(self, worker_id: int, queue: deque[_Pending], deadlines: dict[int, float]) -> None:
+        worker = self._workers[worker_id]
+        assert worker is not None
+        # A fresh worker must start its interpreter and import the env package before it answers anything.
+        startup = self.reset_timeout if worker.fresh else 0.0
+        deadlines[worker_id] = time.monotonic() + startup + queue[0].timeout
+        try:
+            worker.conn.send([pending.request for pending in queue])
+        except (OSError, ValueError):
+            pass  # A worker that died meanwhile is noticed by the collection loop, which restarts it.

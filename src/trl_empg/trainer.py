@@ -1,0 +1,327 @@
+"""EMPGTrainer: TRL's GRPOTrainer with step-level Entropy-Modulated Policy Gradients and multi-turn env rollouts."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+from torch import Tensor
+from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import pad
+
+from .config import EMPGConfig
+from .entropy import GenerationEntropyRecorder, GenerationEntropyStore
+from .modulation import empg_terms
+from .segmentation import StepLayout, step_ids_from_mask
+
+logger = logging.getLogger(__name__)
+
+
+class EMPGTrainer(GRPOTrainer):
+    """GRPOTrainer with Entropy-Modulated Policy Gradients (EMPG, arXiv:2509.09265).
+
+    The only change to the parent's training math is the advantage handed to TRL's unchanged loss: after TRL computes
+    the per-episode group advantage A_i, every completion is segmented into steps (maximal runs of model tokens, or
+    the explicit per-turn step ids of multi-turn env rollouts), each step gets its mean token entropy under the rollout
+    policy, the steps of the whole batch (gathered over all processes) are modulated with
+    :func:`trl_empg.modulation.empg_terms`, and each token of step (i, t) receives A_final(i, t) as a (B, T)
+    advantage. Tokens outside steps get 0 and stay masked.
+
+    Additions around it:
+
+    - entropies come for free where possible: recorded during generation on the transformers backend, kept from TRL's
+      old-log-prob pass when it runs one, and only otherwise computed in one no-grad chunked pass
+      (``args.entropy_source``);
+    - with ``args.env_id`` set, rollouts are whole multi-turn episodes against a text environment
+      (:mod:`trl_empg.rollout`), one completion per episode, the training dataset defaults to the env's train task
+      seeds and the reward to the episode outcome.
+
+    Supported rollouts: single-turn prompts with reward functions (one step per completion), TRL
+    ``environment_factory`` tool-calling environments (each assistant turn is a step), and multi-turn env rollouts.
+    """
+
+    _tag_names = ["trl", "trl-empg", "empg", "grpo"]
+    _name = "EMPG"
+    _paper = {
+        "title": "Harnessing Uncertainty: Entropy-Modulated Policy Gradients for Long-Horizon LLM Agents",
+        "id": "2509.09265",
+        "citation": textwrap.dedent("""\
+            @article{wang2025harnessing,
+                title        = {{Harnessing Uncertainty: Entropy-Modulated Policy Gradients for Long-Horizon LLM
+                                 Agents}},
+                author       = {Jiawei Wang and Jiacai Liu and Yuqian Fu and Yingru Li and Xintao Wang and Yuan Lin
+                                and Yu Yue and Lin Zhang and Yang Wang and Ke Wang},
+                year         = 2025,
+                eprint       = {arXiv:2509.09265},
+            }"""),
+    }
+
+    def __init__(self, model: Any, reward_funcs: Any = None, args: EMPGConfig | None = None, **kwargs: Any) -> None:
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = EMPGConfig(output_dir=f"{str(name).split('/')[-1] or 'model'}-EMPG")
+        if not isinstance(args, EMPGConfig):
+            raise TypeError(f"EMPGTrainer needs an EMPGConfig, got {type(args).__name__}.")
+        self._env_rollout = None
+        if args.env_id is not None:
+            from .env_training import EnvRollout
+
+            if kwargs.get("rollout_func") is not None or kwargs.get("environment_factory") is not None:
+                raise ValueError(
+                    "args.env_id runs its own multi-turn rollout: do not also pass rollout_func or "
+                    "environment_factory."
+                )
+            self._env_rollout = EnvRollout(args)
+            kwargs["rollout_func"] = self._env_rollout
+            if kwargs.get("train_dataset") is None:
+                kwargs["train_dataset"] = self._env_rollout.task_dataset(args.env_split, args.env_num_tasks)
+            if reward_funcs is None:
+                reward_funcs = self._env_rollout.reward_funcs()
+        super().__init__(model, reward_funcs, args, **kwargs)
+        self.entropy_source = self._resolve_entropy_source()
+        self._generation_entropies = GenerationEntropyStore()
+        self._last_generation_entropies: list[list[float]] | None = None
+        self._capture_old_pass_entropy = False
+        self._old_pass_entropies: Tensor | None = None
+        self._current_inputs: list[dict[str, Any]] = []
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self._env_rollout is not None:
+                self._env_rollout.close()  # the env workers are started again on the next rollout
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Entropy sources
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _old_logps_pass_runs(self) -> bool:
+        """Whether TRL computes old_per_token_logps in _generate_and_score_completions (same test as TRL's)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self.args.gradient_accumulation_steps % generate_every != 0 or bool(
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+
+    def _resolve_entropy_source(self) -> str:
+        requested = self.args.entropy_source
+        can_record = not self.use_vllm and not self.use_transformers_continuous_batching
+        if requested == "auto":
+            if can_record:
+                return "generation"
+            return "old_logps" if self._old_logps_pass_runs() else "forward"
+        if requested == "generation" and not can_record:
+            raise ValueError(
+                "entropy_source='generation' needs the transformers generate() backend; with vLLM or continuous "
+                "batching use 'auto', 'old_logps' or 'forward'."
+            )
+        if requested == "old_logps" and not self._old_logps_pass_runs():
+            raise ValueError(
+                "entropy_source='old_logps' needs TRL's old-log-prob pass, which runs only with vLLM importance "
+                "sampling correction or when gradient_accumulation_steps is not a multiple of steps_per_generation * "
+                "num_iterations. Use 'auto' or 'forward'."
+            )
+        return requested
+
+    @contextmanager
+    def _recording_generation_entropies(self):
+        model = self.accelerator.unwrap_model(self.model)
+        model = model.get_base_model() if is_peft_model(model) else model
+        recorder = GenerationEntropyRecorder(self.temperature)
+        handle = recorder.attach(model)
+        try:
+            yield recorder
+        finally:
+            handle.remove()
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self.entropy_source != "generation":
+            self._last_generation_entropies = None
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        with self._recording_generation_entropies() as recorder:
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
+        entropies = recorder.per_row([len(ids) for ids in completion_ids])
+        for prompt, completion, row_entropies in zip(prompt_ids, completion_ids, entropies, strict=True):
+            self._generation_entropies.add(prompt, completion, row_entropies)
+        self._last_generation_entropies = entropies
+        return completion_ids, logprobs
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        # The first no-grad policy pass of a batch is TRL's old-log-prob pass (the reference pass comes after it):
+        # its fused head computes entropies anyway, so keep them instead of dropping them.
+        capture = self._capture_old_pass_entropy and model is self.model and not torch.is_grad_enabled()
+        if not capture:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        self._capture_old_pass_entropy = False
+        wanted = kwargs.pop("compute_entropy", False)
+        logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, compute_entropy=True, **kwargs
+        )
+        self._old_pass_entropies = entropies
+        return logps, entropies if wanted else None, aux
+
+    def _forward_pass_entropies(self, output: dict[str, Any]) -> Tensor:
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        mode = "train" if self.model.training else "eval"
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            _, entropies, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                input_ids,
+                attention_mask,
+                output["completion_ids"].size(1),
+                batch_size=batch_size,
+                compute_entropy=True,
+            )
+        return entropies
+
+    def _recorded_entropies(self, output: dict[str, Any], model_mask: Tensor) -> Tensor | None:
+        """(B, T) entropies of the generation calls of this batch, or None if a completion cannot be matched."""
+        explicit = [row.get("token_entropies") for row in self._current_inputs]
+        if explicit and all(e is not None for e in explicit):
+            rows = [torch.tensor(e, dtype=torch.float32) for e in explicit]
+        else:
+            rows = []
+            prompt_mask = output["prompt_mask"].bool().cpu()
+            completion_mask = output["completion_mask"].bool().cpu()
+            prompt_ids, completion_ids = output["prompt_ids"].cpu(), output["completion_ids"].cpu()
+            mask = model_mask.cpu()
+            for i in range(prompt_ids.size(0)):
+                length = int(completion_mask[i].sum())
+                try:
+                    values = self._generation_entropies.lookup(
+                        prompt_ids[i][prompt_mask[i]].tolist(),
+                        completion_ids[i][:length].tolist(),
+                        mask[i][:length].tolist(),
+                    )
+                except KeyError as error:
+                    logger.warning("Falling back to a forward pass for entropies: %s", error)
+                    return None
+                rows.append(torch.tensor(values, dtype=torch.float32))
+        table = pad(rows, padding_value=0.0, padding_side="right") if rows else model_mask.new_zeros(model_mask.shape)
+        width = model_mask.size(1)
+        table = (
+            table[:, :width] if table.size(1) >= width else torch.nn.functional.pad(table, (0, width - table.size(1)))
+        )
+        return table.to(model_mask.device)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Step modulation
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _step_ids(self, model_mask: Tensor) -> Tensor:
+        explicit = [row.get("step_ids") for row in self._current_inputs]
+        if explicit and all(s is not None for s in explicit):
+            step_ids = pad(
+                [torch.tensor(s, dtype=torch.long) for s in explicit], padding_value=-1, padding_side="right"
+            )
+            width = model_mask.size(1)
+            if step_ids.size(1) < width:
+                step_ids = torch.nn.functional.pad(step_ids, (0, width - step_ids.size(1)), value=-1)
+            step_ids = step_ids[:, :width].to(model_mask.device)
+        else:
+            step_ids = step_ids_from_mask(model_mask)
+        return torch.where(model_mask.bool(), step_ids, torch.full_like(step_ids, -1))
+
+    def _gather_steps(self, columns: Tensor) -> tuple[Tensor, slice]:
+        """Gather (N, C) per-step rows from every process; returns all rows and the slice of this process's rows."""
+        local_count = torch.tensor([columns.size(0)], device=columns.device)
+        counts = self.accelerator.gather(local_count).tolist()
+        padded = self.accelerator.pad_across_processes(columns, dim=0, pad_index=0)
+        gathered = self.accelerator.gather(padded)
+        width = padded.size(0)
+        parts = [gathered[p * width : p * width + n] for p, n in enumerate(counts)]
+        start = sum(counts[: self.accelerator.process_index])
+        return torch.cat(parts, dim=0), slice(start, start + columns.size(0))
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        self._current_inputs = inputs
+        self._generation_entropies.clear()
+        self._old_pass_entropies = None
+        self._capture_old_pass_entropy = self.entropy_source == "old_logps"
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._capture_old_pass_entropy = False
+        if self.args.modulation == "none" and self.entropy_source == "forward":
+            return output  # plain GRPO: no entropy is free, so none is computed
+        self._modulate(output)
+        self._generation_entropies.clear()
+        return output
+
+    def _token_entropies(self, output: dict[str, Any], model_mask: Tensor) -> tuple[Tensor, str]:
+        if self.entropy_source == "generation":
+            recorded = self._recorded_entropies(output, model_mask)
+            if recorded is not None:
+                return recorded, "generation"
+        if self.entropy_source == "old_logps" and self._old_pass_entropies is not None:
+            return self._old_pass_entropies, "old_logps"
+        return self._forward_pass_entropies(output), "forward"
+
+    def _modulate(self, output: dict[str, Any]) -> None:
+        mode = "train" if self.model.training else "eval"
+        model_mask = output["completion_mask"]
+        if "tool_mask" in output:
+            model_mask = model_mask * output["tool_mask"]
+        entropies, source = self._token_entropies(output, model_mask)
+        step_ids = self._step_ids(model_mask)
+        layout = StepLayout.from_step_ids(step_ids)
+        advantages = output["advantages"]
+        num_rows = advantages.size(0)
+        trajectory = layout.rows + self.accelerator.process_index * num_rows
+        columns = torch.stack(
+            [
+                advantages[layout.rows].double(),
+                layout.mean(entropies).double(),
+                trajectory.double(),
+                layout.steps.double(),
+            ],
+            dim=1,
+        )
+        steps, local = self._gather_steps(columns)
+        terms = empg_terms(
+            steps[:, 0],
+            steps[:, 1],
+            steps[:, 2].long(),
+            steps[:, 3].long(),
+            k=self.args.empg_k,
+            k_future=self.args.empg_k_future,
+            zeta=self.args.empg_zeta,
+            eps=self.args.empg_eps,
+            center=self.args.empg_center,
+        )
+        if self.args.modulation == "empg":
+            step_advantages = terms.advantages[local].to(advantages.dtype)
+            output["advantages"] = layout.to_tokens(step_advantages)
+        self._log_step_metrics(mode, source, steps, terms, layout, num_rows)
+
+    def _log_step_metrics(self, mode, source, steps, terms, layout, num_rows) -> None:
+        metrics = self._metrics[mode]
+        steps_per_episode = self.accelerator.gather(layout.steps_per_row(num_rows).float()).mean().item()
+        metrics["empg/steps_per_episode"].append(steps_per_episode)
+        for name in ("generation", "old_logps", "forward"):
+            metrics[f"empg/entropy_source/{name}"].append(float(source == name))
+        if steps.size(0) == 0:
+            return
+        step_entropy = steps[:, 1]
+        metrics["empg/step_entropy/mean"].append(step_entropy.mean().item())
+        metrics["empg/step_entropy/min"].append(step_entropy.min().item())
+        metrics["empg/step_entropy/max"].append(step_entropy.max().item())
+        if self.args.modulation == "empg":
+            metrics["empg/g/min"].append(terms.g.min().item())
+            metrics["empg/g/mean"].append(terms.g.mean().item())
+            metrics["empg/g/max"].append(terms.g.max().item())
+            metrics["empg/frac_g_above_1"].append((terms.g > 1).double().mean().item())
+            metrics["empg/bonus/mean"].append(terms.future_clarity_bonus.mean().item())
