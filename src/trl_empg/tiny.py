@@ -121,3 +121,72 @@ def save_tiny_agent(model: Qwen2ForCausalLM, tokenizer: Qwen2Tokenizer, output_d
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def env_corpus(env_id: str, env_kwargs: dict | None = None, num_tasks: int = 100, max_turns: int = 30) -> list[str]:
+    """Texts an agent sees and says in ``env_id``: system prompts, observations with admissible actions, and gold
+    replies in both prompt styles, from the gold plans of the first ``num_tasks`` train tasks."""
+    from .envs import make
+    from .rollout import AgentPrompts
+
+    env = make(env_id, **(env_kwargs or {}))
+    try:
+        prompts = [AgentPrompts(style, True, getattr(env, "task_description", "")) for style in ("react", "plain")]
+        texts = [p.system() for p in prompts] + [p.expected_format() for p in prompts]
+        for seed in env.task_seeds("train")[:num_tasks]:
+            observation, info = env.reset(seed=seed, split="train")
+            texts.append(prompts[0].first_user(observation, info["admissible_actions"]))
+            for action in info["gold_actions"][:max_turns]:
+                texts += [action, f"<think>I should {action}.</think><action>{action}</action>"]
+                observation, _, done, info = env.step(action)
+                texts.append(prompts[0].observation(observation, info["admissible_actions"]))
+                if done:
+                    break
+        return texts
+    finally:
+        env.close()
+
+
+def build_tiny_agent(
+    env_id: str,
+    output_dir: str | Path,
+    *,
+    env_kwargs: dict | None = None,
+    num_tasks: int = 100,
+    vocab_size: int = 1024,
+    **model_kwargs: int | bool,
+) -> Path:
+    """Build and save a tokenizer trained on ``env_id``'s text plus a randomly initialised small Qwen2 model."""
+    tokenizer = build_tokenizer(env_corpus(env_id, env_kwargs, num_tasks), vocab_size=vocab_size)
+    return save_tiny_agent(build_tiny_model(tokenizer, **model_kwargs), tokenizer, output_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m trl_empg.tiny", description=build_tiny_agent.__doc__)
+    parser.add_argument("--env-id", default="twx:coin", help="environment whose text trains the tokenizer")
+    parser.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments of the environment")
+    parser.add_argument("--output-dir", required=True, help="where to save the model and tokenizer")
+    parser.add_argument("--num-tasks", type=int, default=100, help="train tasks whose gold plans form the corpus")
+    parser.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size")
+    parser.add_argument("--hidden-size", type=int, default=64, help="model width")
+    parser.add_argument("--num-hidden-layers", type=int, default=2, help="model depth")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    args = parser.parse_args(argv)
+    path = build_tiny_agent(
+        args.env_id,
+        args.output_dir,
+        env_kwargs=json.loads(args.env_kwargs),
+        num_tasks=args.num_tasks,
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=2 * args.hidden_size,
+        num_hidden_layers=args.num_hidden_layers,
+        seed=args.seed,
+    )
+    print(f"Saved a tiny agent for {args.env_id} to {path}")
+
+
+if __name__ == "__main__":
+    main()

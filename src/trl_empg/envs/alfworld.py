@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,7 @@ INVALID_ACTION_FEEDBACK = "Nothing happens."
 _BANNER = "-= Welcome to TextWorld, ALFRED! =-"
 _PDDL2SAS = fast_downward.pddl2sas
 _PARSE_SYMBOLS = textgen._parse_and_convert
+_ENGINE_LOCK = threading.RLock()
 
 
 @functools.lru_cache(maxsize=16)
@@ -89,21 +91,22 @@ class _MemoizedQueryRule(Rule):
 
 @contextlib.contextmanager
 def _engine_call() -> Iterator[None]:
-    """Memoize the engine's pure but slow parsing and PDDL translation while it runs (about 4x faster steps, cheap
+    """Memoize the engine's pure but slow parsing and PDDL translation while it runs (about 3x faster steps, cheap
     repeated resets), and undo ``pddl2sas``'s overwrite of ``sys.argv`` (it sets it to ``["translate.py", "domain",
     "task"]`` for good, which would break any later argument parsing). The patches touch only modules that serve
-    ``PddlEnv`` and are undone on exit."""
-    argv = sys.argv
-    fast_downward.pddl2sas = _memoized_pddl2sas
-    textgen._parse_and_convert = _memoized_parse_symbols
-    textgen.Rule = _MemoizedQueryRule
-    try:
-        yield
-    finally:
-        fast_downward.pddl2sas = _PDDL2SAS
-        textgen._parse_and_convert = _PARSE_SYMBOLS
-        textgen.Rule = Rule
-        sys.argv = argv
+    ``PddlEnv`` and are undone on exit; a lock keeps engines on other threads from undoing them mid-call."""
+    with _ENGINE_LOCK:
+        argv = sys.argv
+        fast_downward.pddl2sas = _memoized_pddl2sas
+        textgen._parse_and_convert = _memoized_parse_symbols
+        textgen.Rule = _MemoizedQueryRule
+        try:
+            yield
+        finally:
+            fast_downward.pddl2sas = _PDDL2SAS
+            textgen._parse_and_convert = _PARSE_SYMBOLS
+            textgen.Rule = Rule
+            sys.argv = argv
 
 
 class ALFWorldEngine:
@@ -187,15 +190,20 @@ class ALFWorldEnv(TextEnv):
 
     ``mode="auto"`` plays the official ALFWorld games when ``data_dir`` (default ``$ALFWORLD_DATA``, else
     ``~/.cache/alfworld``) holds them, and otherwise **ALFWorld-style** generated problems: real ALFWorld floor plans
-    (receptacles and their positions), object types and goal templates, with objects placed at random, played in
-    ALFWorld's engine so the text and admissible actions are ALFWorld's, but not the official task set. Generated
-    splits use disjoint floor plans (test: the plans ALFRED holds out, dev: three more per room type). ``gold_actions``
-    is the game's expert plan (Fast Downward's plan for generated games, checked to win). The reset observation is
-    ALFWorld's intro without its "-= Welcome to TextWorld, ALFRED! =-" banner. The reward is 1.0 on the winning step.
+    (receptacles and the poses they are used from), the rooms' object types and ALFWorld's goal templates, with
+    objects placed at random, played in ALFWorld's engine so the text and admissible actions are ALFWorld's; they are
+    not the official task set, and scores on them are not comparable with published ALFWorld numbers. Generated splits
+    use disjoint floor plans (test: the plans ALFRED holds out, dev: three more per room type, train: the rest).
+
+    ``gold_actions`` is the game file's walkthrough: for generated games a full-knowledge expert's plan, checked to
+    win in the engine; official games without one get an empty list (ALFWorld's planner can run for minutes on them).
+    The reset observation is ALFWorld's intro without its "-= Welcome to TextWorld, ALFRED! =-" banner. The reward
+    is 1.0 on the winning step; ``max_steps`` steps end the episode.
 
     ``task_seeds(split)`` lists ``SEED_OFFSETS[split] + i``. Official mode accepts only those seeds; generated mode
-    accepts any integer seed (the game is a function of split, seed and task type) and generates a game the first
-    time it is reset, in a subprocess under ``generation_timeout`` seconds, caching it under ``cache_dir``.
+    accepts any integer seed (the game is a function of split, seed and task type) and writes its game the first
+    time it is reset, in a subprocess stopped after ``generation_timeout`` seconds, to
+    ``<cache_dir>/v<CACHE_VERSION>-alfworld<version>/<split>/<task type or "all">/<seed>.tw-pddl``.
     """
 
     task_description = (
@@ -272,7 +280,7 @@ class ALFWorldEnv(TextEnv):
             return paths
         out_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "trl_empg.envs.alfworld_gen", "--split", split, "--out-dir", str(out_dir)]
-        command += ["--task-type", self.task_type or "all", *missing]
+        command += ["--task-type", self.task_type or "all", "--", *missing]  # "--": negative seeds are not options
         package_root = str(Path(__file__).resolve().parents[2])  # so the child imports this very trl_empg
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         timeout = self.generation_timeout * len(missing)

@@ -5,16 +5,18 @@ templates per task type), its object/receptacle tables (which object fits in whi
 cooled, cleaned, toggled) and, for each of the 120 AI2-THOR floor plans, the receptacles with the pose from which
 ALFRED's agent uses them (``FloorPlan<n>-openable.json``), the object types in the room (``-objects.json``) and the
 reachable floor points (``-layout.npy``). From these a game is written the way ALFWorld writes its own: a PDDL problem
-with one location per receptacle pose, objects of the room's types placed in receptacles that can hold them (the
-positions ALFRED sampled in its simulator are not shipped, so the placement is ours), a goal from the goal library
-under the constraints ALFRED's task sampler uses, and the grammar with "Your task is to: ..." filled in. Each game
-is then played in ALFWorld's engine: it must not be won at the start, and Fast Downward's plan must win it; that plan
-is stored as the game's walkthrough.
+with a location per receptacle, objects of the room's types placed in receptacles that can hold them (the positions
+ALFRED sampled in its simulator are not shipped, so the placement is ours), a goal from the goal library under the
+constraints ALFRED's task sampler uses, and the grammar with "Your task is to: ..." filled in. The expert plan is
+computed from the scene (a full-knowledge expert; Fast Downward's search, which ALFWorld's planner expert uses, can
+take minutes and gigabytes on two-object goals), and each game is played in ALFWorld's engine before it is kept: it
+must not be won at the start and the plan must win it. The plan is stored as the game's walkthrough.
 
 Everything is a deterministic function of (split, seed, task type). Splits use disjoint floor plans.
 
 Run as ``python -m trl_empg.envs.alfworld_gen --split train --task-type all --out-dir DIR SEED [SEED ...]``: the env
-calls this in a subprocess, because Fast Downward is C code that only a process-level timeout can stop.
+calls this in a subprocess so that a hard timeout can stop it (the engine runs C code that Python signals cannot
+interrupt).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ STATE_CHANGE = {
     "pick_heat_then_place_in_recep": ("Microwave", "Heatable", "heat"),
     "pick_cool_then_place_in_recep": ("Fridge", "Coolable", "cool"),
 }
+#: PDDL property facts and the ALFRED object-property table each is written from.
 PROPERTY_FACTS = (("cleanable", "Cleanable"), ("heatable", "Heatable"), ("coolable", "Coolable"))
 _PDDL_ESCAPES = {"-": "_minus_", "|": "_bar_", "+": "_plus_", ".": "_dot_", ",": "_comma_"}
 
@@ -106,6 +109,7 @@ class FloorPlan:
 
 @functools.cache
 def load_floor_plan(number: int) -> FloorPlan:
+    """Read a floor plan's layout files (the receptacles the layouts name are all static, but filter to be safe)."""
     with open(LAYOUTS_DIR / f"FloorPlan{number}-openable.json") as f:
         poses = json.load(f)
     with open(LAYOUTS_DIR / f"FloorPlan{number}-objects.json") as f:
@@ -146,6 +150,8 @@ def _can_hold(receptacle_type: str, object_type: str) -> bool:
 
 @dataclass(frozen=True)
 class Goal:
+    """A task in ALFRED's terms: the object type to handle, the receptacle type to put it in, the lamp to use."""
+
     task_type: str
     object_type: str
     receptacle_type: str | None = None

@@ -1,0 +1,38 @@
+# trl-empg set-up commands. `make quickstart` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+RUN_DIR ?= runs
+
+.PHONY: install check-java quickstart test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first and pinned: a bare `torch` requirement pulls several GB of CUDA wheels on a CPU machine.
+install: $(BIN)/python check-java
+	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install --quiet -e ".[envs,quantization,tests]"
+
+# TextWorldExpress and ScienceWorld run on the JVM.
+check-java:
+	@java -version >/dev/null 2>&1 || { echo "Java >= 11 is required (TextWorldExpress, ScienceWorld): \
+	on Debian/Ubuntu run 'sudo apt-get install -y openjdk-17-jre-headless'." >&2; exit 1; }
+
+quickstart: install
+	$(BIN)/python -m trl_empg.tiny --env-id twx:coin --output-dir $(RUN_DIR)/tiny-twx-coin
+	$(BIN)/python -m trl_empg.train --config recipes/quickstart.yaml \
+		--model_name_or_path $(RUN_DIR)/tiny-twx-coin --output_dir $(RUN_DIR)/quickstart-empg
+
+test: install
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest -q --timeout 900
+
+lint:
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+clean:
+	rm -rf $(RUN_DIR) build dist src/*.egg-info .pytest_cache .ruff_cache

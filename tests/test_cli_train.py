@@ -1,0 +1,98 @@
+"""The YAML recipe entry point (`python -m trl_empg.train --config ...`) and the offline tiny-agent builder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trl_empg.tiny import build_tiny_agent, env_corpus
+from trl_empg.train import load_callable, main, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny_agent_dir(tmp_path_factory):
+    return build_tiny_agent(
+        "twx:coin",
+        tmp_path_factory.mktemp("agent"),
+        num_tasks=20,
+        vocab_size=600,
+        hidden_size=32,
+        intermediate_size=64,
+    )
+
+
+def test_tiny_agent_reloads_with_identical_ids(tmp_path):
+    from trl_empg.tiny import build_tiny_model, build_tokenizer, save_tiny_agent
+
+    corpus = env_corpus("twx:coin", num_tasks=10)
+    original = build_tokenizer(corpus, vocab_size=600)
+    save_tiny_agent(build_tiny_model(original, hidden_size=32, intermediate_size=64), original, tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(reloaded).__name__ == "Qwen2Tokenizer"
+    for text in corpus + ["Ünïcode and   spaces\n\n", "<|im_start|>user\nmove north<|im_end|>"]:
+        assert reloaded(text).input_ids == original(text).input_ids
+    messages = [{"role": "system", "content": corpus[0]}, {"role": "user", "content": corpus[4]}]
+    assert reloaded.apply_chat_template(messages, add_generation_prompt=True) == original.apply_chat_template(
+        messages, add_generation_prompt=True
+    )
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert model.config.vocab_size == len(reloaded) and model.config.eos_token_id == reloaded.eos_token_id
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[str(r.relative_to(REPO)) for r in RECIPES])
+def test_every_recipe_parses_in_dry_run(recipe, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    main(["--config", str(recipe), "--dry_run"])
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["model"]["model_name_or_path"]
+    assert resolved["training"]["env_id"] or resolved["script"]["dataset_name"]
+
+
+def test_cli_flags_override_yaml_and_bad_keys_fail(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    _, training, model = parse_args(["--config", "recipes/quickstart.yaml", "--empg_zeta", "0.05"])
+    assert training.empg_zeta == 0.05 and training.env_id == "twx:coin"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_name_or_path: x\nenv_id: twx:coin\nempg_zetta: 0.1\n")
+    with pytest.raises((ValueError, SystemExit)):
+        parse_args(["--config", str(bad)])
+    bad.write_text("model_name_or_path: x\nenv_id: twx:coin\nempg_k: -1\n")
+    with pytest.raises(ValueError, match="empg_k"):
+        parse_args(["--config", str(bad)])
+    with pytest.raises(ValueError, match="package.module:function"):
+        load_callable("no_colon")
+
+
+def test_recipe_trains_end_to_end_on_twx(tmp_path, tiny_agent_dir):
+    output_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "trl_empg.train",
+        "--config",
+        str(REPO / "recipes" / "quickstart.yaml"),
+        "--model_name_or_path",
+        str(tiny_agent_dir),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_generations",
+        "2",
+        "--max_turns",
+        "3",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (output_dir / "model.safetensors").exists()
+    assert "empg/g/mean" in result.stdout + result.stderr
