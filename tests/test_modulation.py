@@ -124,4 +124,3 @@ def test_step_layout_mean_and_scatter_round_trip():
     torch.testing.assert_close(layout.mean(values), torch.tensor([2.0, 5.0, 7.0]))
     tokens = layout.to_tokens(torch.tensor([10.0, 20.0, 30.0]))
     torch.testing.assert_close(tokens, torch.tensor([[10.0, 10.0, 0.0, 20.0, 0.0], [30.0, 0.0, 0.0, 0.0, 0.0]]))
-    assert layout.steps_per_row(3).tolist() == [2, 1, 0]

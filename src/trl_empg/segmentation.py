@@ -75,7 +75,3 @@ class StepLayout:
         in_step = self.token_step >= 0
         out[in_step] = step_values[self.token_step[in_step]]
         return out
-
-    def steps_per_row(self, num_rows: int) -> Tensor:
-        """(num_rows,) number of steps of each row."""
-        return torch.bincount(self.rows, minlength=num_rows)

@@ -8,6 +8,7 @@ identical ids, and it carries TRL's bundled Qwen2.5 chat template, which TRL rec
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -161,10 +162,7 @@ def build_tiny_agent(
     return save_tiny_agent(build_tiny_model(tokenizer, **model_kwargs), tokenizer, output_dir)
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m trl_empg.tiny", description=build_tiny_agent.__doc__)
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env-id", default="twx:coin", help="environment whose text trains the tokenizer")
     parser.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments of the environment")
     parser.add_argument("--output-dir", required=True, help="where to save the model and tokenizer")
@@ -173,7 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden-size", type=int, default=64, help="model width")
     parser.add_argument("--num-hidden-layers", type=int, default=2, help="model depth")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed")
-    args = parser.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> None:
     path = build_tiny_agent(
         args.env_id,
         args.output_dir,
@@ -186,6 +186,22 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     print(f"Saved a tiny agent for {args.env_id} to {path}")
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "build-tiny",
+        help="build a tiny agent offline (tokenizer from env text + small Qwen2)",
+        description=build_tiny_agent.__doc__,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(handler=_run)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trl_empg.tiny", description=build_tiny_agent.__doc__)
+    _add_arguments(parser)
+    _run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

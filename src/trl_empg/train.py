@@ -8,6 +8,7 @@ YAML; unknown keys are an error.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
@@ -103,6 +104,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub()
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    # The recipe parser (TrlParser) owns every flag, --help included, so the subparser passes them all through.
+    parser = subparsers.add_parser(
+        "train", add_help=False, help="train from a YAML recipe (--config recipe.yaml; flags override the YAML)"
+    )
+    parser.set_defaults(handler=lambda args: main(args.extra_args), passthrough=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from trl.trainer.utils import pad
 
 from .config import EMPGConfig
 from .entropy import GenerationEntropyRecorder, GenerationEntropyStore
-from .modulation import empg_terms
+from .modulation import EMPGTerms, empg_terms
 from .segmentation import StepLayout, step_ids_from_mask
 
 logger = logging.getLogger(__name__)
@@ -280,7 +280,8 @@ class EMPGTrainer(GRPOTrainer):
         layout = StepLayout.from_step_ids(step_ids)
         advantages = output["advantages"]
         num_rows = advantages.size(0)
-        trajectory = layout.rows + self.accelerator.process_index * num_rows
+        rows_per_process = self.accelerator.gather(torch.tensor([num_rows], device=advantages.device)).tolist()
+        trajectory = layout.rows + sum(rows_per_process[: self.accelerator.process_index])  # unique across ranks
         columns = torch.stack(
             [
                 advantages[layout.rows].double(),
@@ -305,12 +306,11 @@ class EMPGTrainer(GRPOTrainer):
         if self.args.modulation == "empg":
             step_advantages = terms.advantages[local].to(advantages.dtype)
             output["advantages"] = layout.to_tokens(step_advantages)
-        self._log_step_metrics(mode, source, steps, terms, layout, num_rows)
+        self._log_step_metrics(mode, source, steps, terms, sum(rows_per_process))
 
-    def _log_step_metrics(self, mode, source, steps, terms, layout, num_rows) -> None:
+    def _log_step_metrics(self, mode: str, source: str, steps: Tensor, terms: EMPGTerms, num_episodes: int) -> None:
         metrics = self._metrics[mode]
-        steps_per_episode = self.accelerator.gather(layout.steps_per_row(num_rows).float()).mean().item()
-        metrics["empg/steps_per_episode"].append(steps_per_episode)
+        metrics["empg/steps_per_episode"].append(steps.size(0) / max(num_episodes, 1))
         for name in ("generation", "old_logps", "forward"):
             metrics[f"empg/entropy_source/{name}"].append(float(source == name))
         if steps.size(0) == 0:

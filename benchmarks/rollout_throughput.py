@@ -1,0 +1,94 @@
+"""Rollout throughput: batched lockstep episodes vs one episode at a time, with a real (tiny) policy generating.
+
+For each number of parallel episodes N, plays N episodes of an environment (a) all together, one batched
+``generate`` per turn and one batched env step, and (b) one after the other, each with its own generate calls; with
+env workers off (in-process) and on. Reports episodes/s and env steps/s and the speedup of (a) over (b).
+
+    python benchmarks/rollout_throughput.py --env-id twx:coin --episodes 1 4 16 64 --workers 0 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from trl_empg.envs.pool import EnvPool
+from trl_empg.policy import HFPolicy
+from trl_empg.rollout import RolloutSettings, run_episodes
+from trl_empg.tiny import build_tiny_agent
+
+
+def run(env_id: str, episodes: list[int], workers: list[int], agent_dir: Path, settings: RolloutSettings) -> dict:
+    generate = HFPolicy.from_pretrained(str(agent_dir), dtype=torch.float32)
+    tokenizer, model = generate.tokenizer, generate.model
+    rows = []
+    for num_workers in workers:
+        with EnvPool(env_id, num_workers=num_workers) as pool:
+            pool.reset([(slot, 0, "train") for slot in range(max(episodes))])  # start every env once, untimed
+            for n in episodes:
+                tasks = [(seed, "train") for seed in range(n)]
+                torch.manual_seed(0)
+                start = time.perf_counter()
+                batched = run_episodes(pool, tasks, tokenizer, generate, settings)
+                batched_s = time.perf_counter() - start
+                torch.manual_seed(0)
+                start = time.perf_counter()
+                sequential = [run_episodes(pool, [task], tokenizer, generate, settings)[0] for task in tasks]
+                sequential_s = time.perf_counter() - start
+                row = {"episodes": n, "env_workers": num_workers}
+                for name, played, seconds in (
+                    ("batched", batched, batched_s),
+                    ("sequential", sequential, sequential_s),
+                ):
+                    steps = sum(len(e.actions) for e in played)
+                    row[name] = {
+                        "seconds": round(seconds, 3),
+                        "episodes_per_s": round(n / seconds, 3),
+                        "env_steps_per_s": round(steps / seconds, 2),
+                        "turns": sum(e.num_turns for e in played),
+                    }
+                row["speedup_episodes_per_s"] = round(sequential_s / batched_s, 2)
+                rows.append(row)
+                print(json.dumps(row))
+    return {
+        "benchmark": "rollout_throughput",
+        "env_id": env_id,
+        "settings": vars(settings),
+        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads()},
+        "model_parameters": sum(p.numel() for p in model.parameters()),
+        "results": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env-id", default="twx:coin")
+    parser.add_argument("--episodes", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--max-turns", type=int, default=10)
+    parser.add_argument("--max-turn-tokens", type=int, default=16)
+    parser.add_argument("--agent-dir", type=Path, default=None, help="tiny agent to use (default: build one)")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/rollout_throughput.json"))
+    args = parser.parse_args()
+    settings = RolloutSettings(
+        max_turns=args.max_turns,
+        max_turn_tokens=args.max_turn_tokens,
+        max_completion_tokens=2048,
+        prompt_style="plain",
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        agent_dir = args.agent_dir or build_tiny_agent(args.env_id, scratch, num_tasks=50)
+        report = run(args.env_id, args.episodes, args.workers, agent_dir, settings)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from trl_empg.cli import main
+
+main()
