@@ -145,9 +145,14 @@ class ALFWorldEngine:
         return state
 
     def close(self) -> None:
-        """Unload this engine's copy of Fast Downward."""
+        """Free this engine's Fast Downward state.
+
+        The library copy is deliberately not dlclose'd (as ``fast_downward.close_lib`` would): its C++ static
+        destructors are registered with the C runtime's exit handlers, and unmapping the code makes the process
+        segfault when it exits.
+        """
         if self._env is not None:
-            fast_downward.close_lib(self._env.unwrapped.downward_lib)
+            self._env.unwrapped.downward_lib.cleanup()
             self._env = None
             self._loaded = None
 
@@ -220,7 +225,7 @@ class ALFWorldEnv(TextEnv):
         mode: Literal["auto", "official", "generated"] = "auto",
         max_steps: int = 50,
         cache_dir: str | os.PathLike[str] | None = None,
-        generation_timeout: float = 120.0,
+        generation_timeout: float = 60.0,
     ) -> None:
         if task_type is not None and task_type not in TASK_TYPES:
             raise ValueError(f"Unknown ALFWorld task type {task_type!r}; expected one of {list(TASK_TYPES)}.")
@@ -347,9 +352,13 @@ class ALFWorldEnv(TextEnv):
         return observation, info
 
     def step(self, action: str) -> tuple[str, float, bool, Info]:
-        if self._engine is None or self._done:
-            raise RuntimeError("ALFWorldEnv.step() needs an episode in progress: call reset() first.")
-        command = " ".join(str(action).split()).lower()
+        if self._engine is None:
+            raise RuntimeError(f"{self.env_id or 'alfworld'}: call reset() before step().")
+        if self._done:
+            raise RuntimeError(f"{self.env_id or 'alfworld'}: the episode is over; call reset() to start another.")
+        if not isinstance(action, str):
+            raise TypeError(f"Actions are strings, got {type(action).__name__}.")
+        command = " ".join(action.split()).lower()
         invalid = command not in self._admissible
         try:
             state = self._engine.step(command)
