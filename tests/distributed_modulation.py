@@ -41,8 +41,9 @@ def main(out_dir: str) -> None:
     advantages = torch.randn(rows, generator=generator)
     output = {"completion_mask": completion_mask, "tool_mask": tool_mask, "advantages": advantages.clone()}
     trainer._current_inputs = []
+    output["step_ids"] = trainer._step_ids(tool_mask)
     trainer._token_entropies = lambda output, mask: (entropies, "forward")
-    trainer._modulate(output)
+    trainer._modulate(output, tool_mask)
     torch.save(
         {
             "tool_mask": tool_mask,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,10 +11,11 @@ from trl import GRPOConfig
 
 from .entropy import ENTROPY_SOURCES
 
-MODULATIONS = ("empg", "none")
+MODULATIONS = ("empg", "aem", "none")
 PROMPT_STYLES = ("react", "plain")
 REWARD_MODES = ("success", "score")
 ENV_SPLITS = ("train", "dev", "test")
+AEPO_CLIP_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 
 
 @dataclass
@@ -39,7 +41,10 @@ class EMPGConfig(GRPOConfig):
     # EMPG
     modulation: str = field(
         default="empg",
-        metadata={"help": "Step-level advantage modulation: 'empg' (arXiv:2509.09265) or 'none' (plain GRPO/DAPO)."},
+        metadata={
+            "help": "Step-level advantage modulation: 'empg' (EMPG, arXiv:2509.09265), 'aem' (AEM, arXiv:2605.00425) "
+            "or 'none' (plain GRPO/DAPO)."
+        },
     )
     empg_k: float = field(
         default=1.0,
@@ -60,6 +65,45 @@ class EMPGConfig(GRPOConfig):
     empg_center: bool = field(
         default=True,
         metadata={"help": "Subtract the batch mean of the modulated step advantages (no std division), as the paper."},
+    )
+    aem_lambda: float = field(
+        default=1.0,
+        metadata={"help": "AEM's lambda in alpha = exp(-lambda Hn) / mean_group(exp(-lambda Hn)). Paper default 1.0."},
+    )
+    aem_min_range: float = field(
+        default=0.1,
+        metadata={
+            "help": "AEM's range guard: a group whose step-entropy range is below it keeps alpha = 1. Paper: 0.1."
+        },
+    )
+    aepo_clip: bool = field(
+        default=False,
+        metadata={
+            "help": "AEPO's stop-gradient upper clip (arXiv:2510.14545): clipped positive-advantage tokens keep the "
+            "gradient (1 + epsilon_high) * A; the forward loss is unchanged."
+        },
+    )
+    aepo_entropy_advantage: bool = field(
+        default=False,
+        metadata={
+            "help": "AEPO's entropy-aware token advantage A * (1 + a * z(H)) (up-weights high-entropy tokens; "
+            "opposite in spirit to EMPG's down-weighting)."
+        },
+    )
+    aepo_a: float = field(default=0.2, metadata={"help": "AEPO's a in A * (1 + a * z(H)). Paper default 0.2."})
+    epo: bool = field(
+        default=False,
+        metadata={
+            "help": "EPO's entropy regulariser (arXiv:2509.22576 v2): L = L_pg - lambda * (L_H - beta_k * L_smooth), "
+            "with a hinge keeping entropy near its running historical mean."
+        },
+    )
+    epo_lambda: float = field(default=1e-3, metadata={"help": "EPO's lambda, weight of the regulariser. Paper: 1e-3."})
+    epo_kl: float = field(default=0.0, metadata={"help": "EPO's lower corridor factor kl (hinge below kl * Hbar)."})
+    epo_kr: float = field(default=2.0, metadata={"help": "EPO's upper corridor factor kr (hinge above kr * Hbar)."})
+    epo_gamma: float = field(default=3.0, metadata={"help": "EPO's gamma in beta_k = 1 + exp(-gamma k / floor(K/2))."})
+    epo_alpha: float = field(
+        default=0.1, metadata={"help": "EPO's smoothing weight alpha: 0.1 (ALFWorld) or 0.05 (ScienceWorld)."}
     )
     entropy_source: str = field(
         default="auto",
@@ -132,7 +176,20 @@ class EMPGConfig(GRPOConfig):
         _check_choice("prompt_style", self.prompt_style, PROMPT_STYLES)
         _check_choice("reward_mode", self.reward_mode, REWARD_MODES)
         _check_choice("env_split", self.env_split, ENV_SPLITS)
-        for name in ("empg_k", "empg_k_future", "empg_zeta", "invalid_action_penalty"):
+        for name in (
+            "empg_k",
+            "empg_k_future",
+            "empg_zeta",
+            "invalid_action_penalty",
+            "aem_lambda",
+            "aem_min_range",
+            "aepo_a",
+            "epo_lambda",
+            "epo_kl",
+            "epo_kr",
+            "epo_gamma",
+            "epo_alpha",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.empg_eps <= 0:
@@ -146,6 +203,15 @@ class EMPGConfig(GRPOConfig):
             raise ValueError(f"env_step_timeout must be > 0, got {self.env_step_timeout}.")
         if self.env_num_tasks is not None and self.env_num_tasks < 1:
             raise ValueError(f"env_num_tasks must be >= 1 or None, got {self.env_num_tasks}.")
+        if self.epo_kl > self.epo_kr:
+            raise ValueError(f"epo_kl ({self.epo_kl}) must not exceed epo_kr ({self.epo_kr}).")
+        if self.aepo_entropy_advantage and self.modulation == "empg":
+            warnings.warn(
+                "aepo_entropy_advantage up-weights high-entropy tokens while EMPG down-weights high-entropy steps; "
+                "combining them mixes opposite signals.",
+                UserWarning,
+                stacklevel=2,
+            )
         if isinstance(self.env_kwargs, str):
             try:
                 self.env_kwargs = json.loads(self.env_kwargs)
@@ -154,6 +220,23 @@ class EMPGConfig(GRPOConfig):
         if self.env_kwargs is not None and not isinstance(self.env_kwargs, dict):
             raise ValueError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}.")
         super().__post_init__()
+        if self.aepo_clip:
+            self._check_aepo_clip_support()
+
+    def _check_aepo_clip_support(self) -> None:
+        if self.loss_type not in AEPO_CLIP_LOSSES:
+            raise ValueError(
+                f"aepo_clip needs a clipped loss ({list(AEPO_CLIP_LOSSES)}), got loss_type={self.loss_type!r}."
+            )
+        unsupported = {
+            "importance_sampling_level='sequence'": self.importance_sampling_level != "token",
+            "top_entropy_quantile < 1": self.top_entropy_quantile < 1.0,
+            "off_policy_mask_threshold": self.off_policy_mask_threshold is not None,
+            "delta (two-sided clipping)": self.delta is not None,
+        }
+        clashes = [name for name, on in unsupported.items() if on]
+        if clashes:
+            raise ValueError(f"aepo_clip is defined for PPO's token-level clip only; unset {', '.join(clashes)}.")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

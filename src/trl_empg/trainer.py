@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import textwrap
 from contextlib import contextmanager
 from typing import Any
@@ -10,16 +12,20 @@ from typing import Any
 import torch
 from accelerate.utils import is_peft_model
 from torch import Tensor
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
 from .config import EMPGConfig
 from .entropy import GenerationEntropyRecorder, GenerationEntropyStore
-from .modulation import EMPGTerms, empg_terms
+from .modulation import aem_terms, aepo_token_advantages, empg_terms, entropy_zscore
+from .objectives import aepo_clip_term, epo_beta, epo_smoothing, trajectory_mean
 from .segmentation import StepLayout, step_ids_from_mask
 
 logger = logging.getLogger(__name__)
+
+EPO_STATE_FILE = "epo_state.json"
 
 
 class EMPGTrainer(GRPOTrainer):
@@ -89,6 +95,10 @@ class EMPGTrainer(GRPOTrainer):
         self._capture_old_pass_entropy = False
         self._old_pass_entropies: Tensor | None = None
         self._current_inputs: list[dict[str, Any]] = []
+        self._policy_forward: tuple[Tensor, Tensor | None] | None | bool = False  # None: capture the next loss forward
+        self._epo_entropy_sum = 0.0  # EPO's running history of batch-mean token entropies (saved in checkpoints)
+        self._epo_steps = 0
+        self._epo_window: Tensor | None = None
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -160,9 +170,12 @@ class EMPGTrainer(GRPOTrainer):
         # its fused head computes entropies anyway, so keep them instead of dropping them.
         capture = self._capture_old_pass_entropy and model is self.model and not torch.is_grad_enabled()
         if not capture:
-            return super()._get_per_token_logps_and_entropies(
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
+            if self._policy_forward is None and torch.is_grad_enabled():
+                self._policy_forward = (logps, entropies)  # the loss's own forward, for AEPO's clip and EPO
+            return logps, entropies, aux
         self._capture_old_pass_entropy = False
         wanted = kwargs.pop("compute_entropy", False)
         logps, entropies, aux = super()._get_per_token_logps_and_entropies(
@@ -255,9 +268,13 @@ class EMPGTrainer(GRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._capture_old_pass_entropy = False
-        if self.args.modulation == "none" and self.entropy_source == "forward":
-            return output  # plain GRPO: no entropy is free, so none is computed
-        self._modulate(output)
+        model_mask = (
+            output["completion_mask"] * output["tool_mask"] if "tool_mask" in output else output["completion_mask"]
+        )
+        output["step_ids"] = self._step_ids(model_mask)  # kept per row for EPO's per-turn averaging in the loss
+        needs_entropy = self.args.modulation != "none" or self.args.aepo_entropy_advantage
+        if needs_entropy or self.entropy_source != "forward":  # with modulation off, log entropies only when free
+            self._modulate(output, model_mask)
         self._generation_entropies.clear()
         return output
 
@@ -270,58 +287,187 @@ class EMPGTrainer(GRPOTrainer):
             return self._old_pass_entropies, "old_logps"
         return self._forward_pass_entropies(output), "forward"
 
-    def _modulate(self, output: dict[str, Any]) -> None:
+    def _modulate(self, output: dict[str, Any], model_mask: Tensor) -> None:
+        """Replace TRL's (B,) episode advantages by (B, T) token advantages from the batch's step entropies."""
         mode = "train" if self.model.training else "eval"
-        model_mask = output["completion_mask"]
-        if "tool_mask" in output:
-            model_mask = model_mask * output["tool_mask"]
+        metrics = self._metrics[mode]
         entropies, source = self._token_entropies(output, model_mask)
-        step_ids = self._step_ids(model_mask)
-        layout = StepLayout.from_step_ids(step_ids)
+        layout = StepLayout.from_step_ids(output["step_ids"])
         advantages = output["advantages"]
-        num_rows = advantages.size(0)
-        rows_per_process = self.accelerator.gather(torch.tensor([num_rows], device=advantages.device)).tolist()
-        trajectory = layout.rows + sum(rows_per_process[: self.accelerator.process_index])  # unique across ranks
+        rows_per_process = self.accelerator.gather(torch.tensor([advantages.size(0)], device=advantages.device))
+        first_row = int(rows_per_process[: self.accelerator.process_index].sum())
+        episode = layout.rows + first_row  # global row index, unique across ranks; TRL's groups are consecutive rows
         columns = torch.stack(
             [
                 advantages[layout.rows].double(),
                 layout.mean(entropies).double(),
-                trajectory.double(),
+                episode.double(),
                 layout.steps.double(),
             ],
             dim=1,
         )
         steps, local = self._gather_steps(columns)
-        terms = empg_terms(
-            steps[:, 0],
-            steps[:, 1],
-            steps[:, 2].long(),
-            steps[:, 3].long(),
-            k=self.args.empg_k,
-            k_future=self.args.empg_k_future,
-            zeta=self.args.empg_zeta,
-            eps=self.args.empg_eps,
-            center=self.args.empg_center,
-        )
-        if self.args.modulation == "empg":
-            step_advantages = terms.advantages[local].to(advantages.dtype)
-            output["advantages"] = layout.to_tokens(step_advantages)
-        self._log_step_metrics(mode, source, steps, terms, sum(rows_per_process))
-
-    def _log_step_metrics(self, mode: str, source: str, steps: Tensor, terms: EMPGTerms, num_episodes: int) -> None:
-        metrics = self._metrics[mode]
-        metrics["empg/steps_per_episode"].append(steps.size(0) / max(num_episodes, 1))
+        step_advantage, step_entropy, step_episode = steps[:, 0], steps[:, 1], steps[:, 2].long()
+        metrics["empg/steps_per_episode"].append(steps.size(0) / max(int(rows_per_process.sum()), 1))
         for name in ("generation", "old_logps", "forward"):
             metrics[f"empg/entropy_source/{name}"].append(float(source == name))
-        if steps.size(0) == 0:
-            return
-        step_entropy = steps[:, 1]
-        metrics["empg/step_entropy/mean"].append(step_entropy.mean().item())
-        metrics["empg/step_entropy/min"].append(step_entropy.min().item())
-        metrics["empg/step_entropy/max"].append(step_entropy.max().item())
+        if steps.size(0):
+            metrics["empg/step_entropy/mean"].append(step_entropy.mean().item())
+            metrics["empg/step_entropy/min"].append(step_entropy.min().item())
+            metrics["empg/step_entropy/max"].append(step_entropy.max().item())
+
+        token_advantages = None
         if self.args.modulation == "empg":
-            metrics["empg/g/min"].append(terms.g.min().item())
-            metrics["empg/g/mean"].append(terms.g.mean().item())
-            metrics["empg/g/max"].append(terms.g.max().item())
-            metrics["empg/frac_g_above_1"].append((terms.g > 1).double().mean().item())
-            metrics["empg/bonus/mean"].append(terms.future_clarity_bonus.mean().item())
+            terms = empg_terms(
+                step_advantage,
+                step_entropy,
+                step_episode,
+                steps[:, 3].long(),
+                k=self.args.empg_k,
+                k_future=self.args.empg_k_future,
+                zeta=self.args.empg_zeta,
+                eps=self.args.empg_eps,
+                center=self.args.empg_center,
+            )
+            token_advantages = layout.to_tokens(terms.advantages[local].to(advantages.dtype))
+            if steps.size(0):
+                metrics["empg/g/min"].append(terms.g.min().item())
+                metrics["empg/g/mean"].append(terms.g.mean().item())
+                metrics["empg/g/max"].append(terms.g.max().item())
+                metrics["empg/frac_g_above_1"].append((terms.g > 1).double().mean().item())
+                metrics["empg/bonus/mean"].append(terms.future_clarity_bonus.mean().item())
+        elif self.args.modulation == "aem":
+            num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+            terms = aem_terms(
+                step_advantage,
+                step_entropy,
+                step_episode // num_generations,
+                lam=self.args.aem_lambda,
+                min_range=self.args.aem_min_range,
+            )
+            token_advantages = layout.to_tokens(terms.advantages[local].to(advantages.dtype))
+            if steps.size(0):
+                metrics["aem/alpha/min"].append(terms.alpha.min().item())
+                metrics["aem/alpha/mean"].append(terms.alpha.mean().item())
+                metrics["aem/alpha/max"].append(terms.alpha.max().item())
+                metrics["aem/guarded_frac"].append(terms.guarded.double().mean().item())
+        if self.args.aepo_entropy_advantage:
+            base = advantages.unsqueeze(1).expand_as(model_mask) if token_advantages is None else token_advantages
+            token_advantages = aepo_token_advantages(
+                base, self._global_entropy_zscores(entropies, model_mask), self.args.aepo_a
+            )
+            scale = (token_advantages / base.where(base != 0, torch.ones_like(base)))[model_mask.bool() & (base != 0)]
+            if scale.numel():
+                metrics["aepo/advantage_scale/mean"].append(self.accelerator.gather(scale.mean()).mean().item())
+        if token_advantages is not None:
+            output["advantages"] = token_advantages * model_mask
+
+    def _global_entropy_zscores(self, entropies: Tensor, mask: Tensor) -> Tensor:
+        """z-scores of token entropies with mean and std over every valid token of all processes."""
+        valid = entropies[mask.bool()].double()
+        totals = torch.stack([valid.sum(), (valid**2).sum(), valid.new_tensor(float(valid.numel()))])
+        total, squares, count = self.accelerator.reduce(totals, reduction="sum")
+        mean = total / count.clamp(min=1)
+        std = (squares / count.clamp(min=1) - mean**2).clamp(min=0).sqrt()
+        return entropy_zscore(entropies, mask, mean, std)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Loss-level additions: AEPO stop-gradient clip, EPO entropy regulariser
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> Tensor:
+        if not (self.args.aepo_clip or self.args.epo):
+            return super()._compute_loss(model, inputs)
+        self._policy_forward = None
+        loss = super()._compute_loss(model, inputs)
+        per_token_logps, entropies = self._policy_forward
+        self._policy_forward = None
+        mode = "train" if self.model.training else "eval"
+        mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+        if self.args.aepo_clip:
+            old = inputs.get("old_per_token_logps")
+            old = per_token_logps.detach() if old is None else old
+            term, clipped = aepo_clip_term(per_token_logps, old, inputs["advantages"], self.epsilon_high)
+            if self.use_vllm and self.vllm_importance_sampling_correction:
+                term = term * inputs["importance_sampling_ratio"]
+            loss = loss + self._aggregate_like_loss(term, mask, inputs, mode)
+            clipped_share = (clipped * mask).sum() / mask.sum().clamp(min=1)
+            self._metrics[mode]["aepo/sg_clipped_tokens"].append(self.accelerator.gather(clipped_share).mean().item())
+        if self.args.epo:
+            loss = loss + self._epo_term(entropies, mask, inputs["step_ids"], mode)
+        return loss
+
+    def _aggregate_like_loss(self, per_token: Tensor, mask: Tensor, inputs: dict[str, Any], mode: str) -> Tensor:
+        """Reduce a per-token term exactly as TRL reduces its policy loss for ``loss_type``."""
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        if self.loss_type == "grpo":
+            return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accumulation
+        if self.loss_type == "bnpo":
+            return (per_token * mask).sum() / mask.sum().clamp(min=1.0) / accumulation
+        if self.loss_type == "dr_grpo":
+            return (per_token * mask).sum() / (per_token.size(0) * self.max_completion_length) / accumulation
+        if self.loss_type == "dapo":
+            normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":
+                normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            return (per_token * mask).sum() / normalizer
+        if self.loss_type == "luspo":
+            return (per_token * mask).sum(-1).mean() / accumulation
+        raise ValueError(f"No aggregation for loss_type {self.loss_type!r}.")
+
+    def _epo_term(self, entropies: Tensor, mask: Tensor, step_ids: Tensor, mode: str) -> Tensor:
+        """-lambda * (L_H - beta_k * L_smooth), averaged per turn, per trajectory, then over the batch."""
+        args = self.args
+        layout = StepLayout.from_step_ids(torch.where(mask.bool(), step_ids, torch.full_like(step_ids, -1)))
+        num_rows = entropies.size(0)
+        entropy_term = trajectory_mean(entropies, layout, num_rows)
+        history = self._epo_history_mean()
+        if history is None:  # no past step yet: the corridor is undefined, the smoothing term is 0
+            smoothing, outside = entropy_term * 0.0, entropy_term.new_zeros(())
+        else:
+            hinge = epo_smoothing(entropies, history, args.epo_kl, args.epo_kr, args.epo_alpha)
+            smoothing = trajectory_mean(hinge, layout, num_rows)
+            outside = ((hinge > 0) & mask.bool()).sum() / mask.sum().clamp(min=1)
+        beta = epo_beta(self.state.global_step, max(self.state.max_steps, 1), args.epo_gamma)
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        metrics = self._metrics[mode]
+        metrics["epo/entropy"].append(self.accelerator.gather(entropy_term.detach()).mean().item())
+        metrics["epo/smoothing"].append(self.accelerator.gather(smoothing.detach()).mean().item())
+        metrics["epo/corridor_violation"].append(self.accelerator.gather(outside).mean().item())
+        metrics["epo/beta"].append(beta)
+        if history is not None:
+            metrics["epo/history_entropy"].append(history)
+        if mode == "train":
+            self._epo_record(entropies.detach(), mask)
+        return -args.epo_lambda * (entropy_term - beta * smoothing) / accumulation
+
+    def _epo_history_mean(self) -> float | None:
+        return self._epo_entropy_sum / self._epo_steps if self._epo_steps else None
+
+    def _epo_record(self, entropies: Tensor, mask: Tensor) -> None:
+        """Accumulate this optimizer step's batch-mean token entropy; fold it into the history at the step's end."""
+        window = torch.stack([(entropies * mask).sum(), mask.sum()]).double()
+        self._epo_window = window if self._epo_window is None else self._epo_window + window
+        if self.accelerator.sync_gradients:
+            total, count = self.accelerator.reduce(self._epo_window, reduction="sum").tolist()
+            self._epo_window = None
+            if count > 0:
+                self._epo_entropy_sum += total / count
+                self._epo_steps += 1
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.epo and self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            with open(os.path.join(folder, EPO_STATE_FILE), "w") as handle:
+                json.dump({"entropy_sum": self._epo_entropy_sum, "steps": self._epo_steps}, handle)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, EPO_STATE_FILE) if checkpoint is not None else None
+        if self.args.epo and path is not None and os.path.exists(path):
+            with open(path) as handle:
+                state = json.load(handle)
+            self._epo_entropy_sum, self._epo_steps = state["entropy_sum"], state["steps"]
