@@ -38,6 +38,11 @@ class EMPGTrainer(GRPOTrainer):
     :func:`trl_empg.modulation.empg_terms`, and each token of step (i, t) receives A_final(i, t) as a (B, T)
     advantage. Tokens outside steps get 0 and stay masked.
 
+    The seed-family options of :class:`EMPGConfig` change the same two places and nothing else: ``modulation="aem"``
+    swaps the step modulation for AEM's group-scoped scaling, ``aepo_entropy_advantage`` multiplies the token
+    advantages by AEPO's ``1 + a z(H)``, and ``aepo_clip`` / ``epo`` add AEPO's stop-gradient clip correction and EPO's
+    entropy regulariser to the loss TRL computes (:mod:`trl_empg.objectives`).
+
     Additions around it:
 
     - entropies come for free where possible: recorded during generation on the transformers backend, kept from TRL's
