@@ -96,3 +96,79 @@ def test_recipe_trains_end_to_end_on_twx(tmp_path, tiny_agent_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output_dir / "model.safetensors").exists()
     assert "empg/g/mean" in result.stdout + result.stderr
+
+
+def test_resume_continues_step_count_and_optimizer_state(tmp_path, tiny_agent_dir):
+    import torch
+    from transformers import TrainerCallback
+
+    from trl_empg import EMPGConfig, EMPGTrainer
+
+    def config(max_steps):
+        return EMPGConfig(
+            output_dir=str(tmp_path / "run"),
+            use_cpu=True,
+            bf16=False,
+            env_id="twx:coin",
+            env_num_tasks=8,
+            max_turns=2,
+            max_turn_tokens=8,
+            max_completion_length=160,
+            prompt_style="plain",
+            per_device_train_batch_size=4,
+            num_generations=2,
+            max_steps=max_steps,
+            save_strategy="steps",
+            save_steps=1,
+            report_to="none",
+            learning_rate=1e-3,
+            seed=0,
+        )
+
+    EMPGTrainer(str(tiny_agent_dir), args=config(2)).train()
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    saved = torch.load(checkpoint / "optimizer.pt", weights_only=False)["state"]
+
+    seen = {}
+
+    class FirstStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            if not seen:
+                seen["step"] = state.global_step
+                seen["state"] = {
+                    k: {n: v.clone() for n, v in s.items()} for k, s in optimizer.state_dict()["state"].items()
+                }
+
+    resumed = EMPGTrainer(str(tiny_agent_dir), args=config(3), callbacks=[FirstStep()])
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert seen["step"] == 1 and resumed.state.global_step == 3
+    assert saved.keys() == seen["state"].keys()
+    for key, values in saved.items():
+        for name, tensor in values.items():
+            torch.testing.assert_close(seen["state"][key][name], tensor)
+
+
+def test_cli_resume_from_checkpoint_flag(tmp_path, tiny_agent_dir):
+    output_dir = tmp_path / "cli"
+    common = [
+        "--config",
+        str(REPO / "recipes" / "quickstart.yaml"),
+        "--model_name_or_path",
+        str(tiny_agent_dir),
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--num_generations",
+        "2",
+        "--max_turns",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+    ]
+    main([*common, "--max_steps", "1"])
+    main([*common, "--max_steps", "2", "--resume_from_checkpoint", str(output_dir / "checkpoint-1")])
+    state = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
