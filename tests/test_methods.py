@@ -151,8 +151,9 @@ def _logged(trainer, key):
             "aepo/sg_clipped_tokens",
         ),
         ({"epo": True}, "epo/entropy"),
+        ({"aepo_rollout": True, "num_generations": 4, "max_turns": 4}, "aepo/global_rollouts"),
     ],
-    ids=["aem", "aepo", "epo"],
+    ids=["aem", "aepo", "epo", "aepo_rollout"],
 )
 def test_each_option_trains_on_twx(tmp_path, twx_tokenizer, options, metric):
     model = build_tiny_model(twx_tokenizer, hidden_size=32, intermediate_size=64)

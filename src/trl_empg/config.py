@@ -91,6 +91,28 @@ class EMPGConfig(GRPOConfig):
         },
     )
     aepo_a: float = field(default=0.2, metadata={"help": "AEPO's a in A * (1 + a * z(H)). Paper default 0.2."})
+    aepo_rollout: bool = field(
+        default=False,
+        metadata={
+            "help": "AEPO's dynamic entropy-balanced rollout (multi-turn env training): entropy pre-monitoring splits "
+            "each group between full rollouts and branches from high-entropy turns, with a consecutive-branch penalty."
+        },
+    )
+    aepo_beta: float = field(
+        default=0.5, metadata={"help": "AEPO's beta in m = k * sigmoid(beta * (H_root - mean H_tool))."}
+    )
+    aepo_branch_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "AEPO's alpha in P_t = (alpha + gamma * dH) * (1 - P(l)); None draws it uniformly per step."
+        },
+    )
+    aepo_branch_gamma: float = field(default=0.2, metadata={"help": "AEPO's gamma, weight of the entropy change dH."})
+    aepo_branch_tau: float = field(default=0.5, metadata={"help": "AEPO's branching threshold on P_t."})
+    aepo_branch_penalty: float = field(
+        default=0.05, metadata={"help": "AEPO's consecutive-branch penalty slope: P(l) = min(1, slope * l)."}
+    )
+    aepo_branch_factor: int = field(default=1, metadata={"help": "AEPO's Z: new branches per branching event."})
     epo: bool = field(
         default=False,
         metadata={
@@ -203,6 +225,8 @@ class EMPGConfig(GRPOConfig):
             raise ValueError(f"env_step_timeout must be > 0, got {self.env_step_timeout}.")
         if self.env_num_tasks is not None and self.env_num_tasks < 1:
             raise ValueError(f"env_num_tasks must be >= 1 or None, got {self.env_num_tasks}.")
+        if self.aepo_rollout and self.env_id is None:
+            raise ValueError("aepo_rollout branches multi-turn env episodes: set env_id.")
         if self.epo_kl > self.epo_kr:
             raise ValueError(f"epo_kl ({self.epo_kl}) must not exceed epo_kr ({self.epo_kr}).")
         if self.aepo_entropy_advantage and self.modulation == "empg":
@@ -220,6 +244,11 @@ class EMPGConfig(GRPOConfig):
         if self.env_kwargs is not None and not isinstance(self.env_kwargs, dict):
             raise ValueError(f"env_kwargs must be a dict, got {type(self.env_kwargs).__name__}.")
         super().__post_init__()
+        if self.aepo_rollout and (self.per_device_train_batch_size * self.steps_per_generation) % self.num_generations:
+            raise ValueError(
+                "aepo_rollout branches within each task's group, so every process's generation batch "
+                "(per_device_train_batch_size * steps_per_generation) must be a multiple of num_generations."
+            )
         if self.aepo_clip:
             self._check_aepo_clip_support()
 

@@ -10,12 +10,16 @@ split and provides the outcome reward.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset
 
+from .branching import AEPORolloutSettings, run_aepo_episodes
 from .entropy import GenerationEntropyStore
 from .envs import make
 from .envs.pool import EnvPool
@@ -41,6 +45,19 @@ class EnvRollout:
         self.settings = RolloutSettings.from_config(args)
         self._task_description: str | None = None
         self._pool: EnvPool | None = None
+        self.aepo = (
+            AEPORolloutSettings(
+                beta=args.aepo_beta,
+                alpha=args.aepo_branch_alpha,
+                gamma=args.aepo_branch_gamma,
+                tau=args.aepo_branch_tau,
+                branch_penalty=args.aepo_branch_penalty,
+                branch_factor=args.aepo_branch_factor,
+            )
+            if args.aepo_rollout
+            else None
+        )
+        self._rng = random.Random(args.seed + int(os.environ.get("RANK", "0")))  # branching draws, per process
 
     def _describe(self) -> tuple[str, dict[str, list[int]]]:
         env = make(self.env_id, **self.env_kwargs)
@@ -97,16 +114,37 @@ class EnvRollout:
             )
         tasks = [(int(row["task_seed"]), str(row.get("task_split") or self.args.env_split)) for row in rows]
         logprobs = GenerationEntropyStore()  # same content addressing, used for the sampling log-probs
-        episodes = run_episodes(
-            self.pool(),
-            tasks,
-            trainer.processing_class,
-            lambda ids, max_new: self._generate(trainer, ids, max_new, logprobs),
-            self.settings,
-            prompts=self.agent_prompts,
-        )
+        generate = functools.partial(self._generate, trainer, logprobs=logprobs)
+        if self.aepo is not None:
+            episodes = self._branching_rollout(trainer, tasks, generate)
+        else:
+            episodes = run_episodes(
+                self.pool(), tasks, trainer.processing_class, generate, self.settings, prompts=self.agent_prompts
+            )
         self._log(trainer, episodes)
         return self._to_trl(trainer, episodes, logprobs)
+
+    def _branching_rollout(self, trainer: EMPGTrainer, tasks: list[tuple[int, str]], generate: Any) -> list[Episode]:
+        """AEPO's entropy-balanced rollout: each group of identical consecutive task rows is one task's budget."""
+        mode = "train" if trainer.model.training else "eval"
+        group_size = trainer.num_generations if mode == "train" else trainer.num_generations_eval
+        unique = tasks[::group_size]
+        if tasks != [task for task in unique for _ in range(group_size)]:
+            raise ValueError("aepo_rollout needs each task's num_generations rows together on one process.")
+        episodes, stats = run_aepo_episodes(
+            self.pool(),
+            unique,
+            group_size,
+            trainer.processing_class,
+            generate,
+            self.settings,
+            self.aepo,
+            prompts=self.agent_prompts,
+            rng=self._rng,
+        )
+        for name, value in stats.metrics().items():
+            trainer._metrics[mode][name].append(value)
+        return episodes
 
     @staticmethod
     @contextlib.contextmanager
