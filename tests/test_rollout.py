@@ -218,8 +218,9 @@ def test_gold_play_wins_with_exact_tokens_and_lockstep_batches(coin_pool, gold, 
     replies = [[react(a) if style == "react" else a for a in gold[seed]] for seed in SEEDS]
     policy = ScriptedPolicy(tokenizer, replies)
     pool = CountingPool(coin_pool)
+    # coin's gold plans are random walks redrawn on every reset (up to ~30 moves): leave room for the longest.
     settings = RolloutSettings(
-        prompt_style=style, show_admissible_actions=style == "react", max_completion_tokens=4096
+        prompt_style=style, show_admissible_actions=style == "react", max_turns=60, max_completion_tokens=4096
     )
     episodes = run_episodes(pool, [(seed, "train") for seed in SEEDS], tokenizer, policy, settings)
 
@@ -241,7 +242,7 @@ def test_gold_play_wins_with_exact_tokens_and_lockstep_batches(coin_pool, gold, 
 def test_malformed_and_inadmissible_actions_are_fed_back_and_penalised(coin_pool, gold, tokenizer):
     seed = SEEDS[2]
     script = ["take the coin please", react("fly away"), *[react(a) for a in gold[seed]]]
-    settings = RolloutSettings(invalid_action_penalty=0.25, max_completion_tokens=4096)
+    settings = RolloutSettings(invalid_action_penalty=0.25, max_turns=60, max_completion_tokens=4096)
     (episode,) = run_episodes(coin_pool, [(seed, "train")], tokenizer, ScriptedPolicy(tokenizer, [script]), settings)
 
     assert episode.won and episode.num_invalid_actions == 2 and episode.reward == pytest.approx(0.5)
