@@ -14,7 +14,7 @@ $(BIN)/python:
 # torch first and pinned: a bare `torch` requirement pulls several GB of CUDA wheels on a CPU machine.
 install: $(BIN)/python check-java
 	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install --quiet -e ".[envs,quantization,tests]"
+	$(BIN)/pip install --quiet -e ".[envs,quantization,space,tests]"
 
 # TextWorldExpress and ScienceWorld run on the JVM.
 check-java:
@@ -27,12 +27,12 @@ quickstart: install
 		--model_name_or_path $(RUN_DIR)/tiny-twx-coin --output_dir $(RUN_DIR)/quickstart-empg
 
 test: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests spaces benchmarks
 	$(BIN)/python -m pytest -q --timeout 900
 
 lint:
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests spaces benchmarks
+	$(BIN)/ruff format --check src tests spaces benchmarks
 
 clean:
 	rm -rf $(RUN_DIR) build dist src/*.egg-info .pytest_cache .ruff_cache

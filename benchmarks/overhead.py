@@ -26,6 +26,15 @@ import time
 from pathlib import Path
 
 PRESETS = {
+    # For the smoke test only: seconds per run, numbers meaningless.
+    "tiny": dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        vocab_size=300,
+    ),
     # ~3M parameters: big enough that the model, not Python overhead, dominates a CPU step.
     "cpu-small": dict(
         hidden_size=256,

@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "trl_empg.train",
     "trl_empg.evaluation",
     "trl_empg.hub",
+    "trl_empg.quickstart",
 )
 
 

@@ -16,7 +16,7 @@ numbers the model turns, which is what step-level advantage modulation needs.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,8 @@ __all__ = [
     "Episode",
     "GenerateFn",
     "RolloutSettings",
+    "TurnRecord",
+    "iter_episodes",
     "parse_action",
     "run_episodes",
 ]
@@ -112,6 +114,33 @@ class Episode:
     truncated: bool = False
     #: Why the environment failed (raised, hung or died); the episode then counts as a failure.
     error: str | None = None
+
+
+@dataclass
+class TurnRecord:
+    """One model turn of one episode, as :func:`iter_episodes` reports it once the environment has answered.
+
+    Lets a viewer (the demo Space, a live monitor) show the agent turn by turn without re-deriving what the runner
+    already knows: which text the model said, what was sent to the env and what the agent will see next.
+    """
+
+    slot: int
+    turn: int
+    #: The model's reply, decoded without its EOS token.
+    reply: str
+    #: The parsed action sent to the environment; None when the reply was malformed (nothing was sent).
+    action: str | None
+    #: Generation entropies of the turn's tokens (EOS included); None when the backend gave none.
+    entropies: list[float] | None
+    #: The live episode: ``won``, ``score``, ``error`` and ``truncated`` are current; ``reward`` and ``entropies``
+    #: are final only once the generator is exhausted.
+    episode: Episode
+    #: The environment's reward for this step; 0.0 when nothing was sent or the environment failed.
+    reward: float = 0.0
+    #: The next user message (observation or format-error feedback); None when the environment failed.
+    feedback: str | None = None
+    #: The episode ended with this turn (environment done, failure or truncation).
+    done: bool = False
 
 
 class AgentPrompts:
@@ -263,6 +292,30 @@ def run_episodes(
 ) -> list[Episode]:
     """Play one episode per task (``(task seed, split)``, episode i in pool slot i), all in lockstep.
 
+    :func:`iter_episodes` run to the end: see there for how turns, budgets and failures are handled.
+    """
+    turns = iter_episodes(pool, tasks, tokenizer, generate_fn, settings, prompts)
+    while True:
+        try:
+            next(turns)
+        except StopIteration as finished:
+            return finished.value
+
+
+def iter_episodes(
+    pool: EnvPool,
+    tasks: Sequence[tuple[int, str]],
+    tokenizer: Any,
+    generate_fn: GenerateFn,
+    settings: RolloutSettings,
+    prompts: AgentPrompts | None = None,
+) -> Generator[list[TurnRecord], None, list[Episode]]:
+    """Play one episode per task like :func:`run_episodes`, yielding each turn's records as soon as it is played.
+
+    Every turn yields one :class:`TurnRecord` per episode that played it, in slot order; the generator returns the
+    episodes (``StopIteration.value``), scored. Viewers that show an episode while it runs use this; training and
+    evaluation call :func:`run_episodes`, which is this generator exhausted, so both see the very same episodes.
+
     ``prompts`` defaults to the settings' style without a task description. One generate call per turn gets
     ``min(max_turn_tokens, remaining budget)`` of the neediest episode; each episode keeps only what fits its own
     budget (a prefix of a sample is a sample of the shorter turn, so nothing is biased). An episode ends when the
@@ -304,6 +357,7 @@ def run_episodes(
         to_step: list[tuple[int, str]] = []
         stepping: list[_Running] = []
         feedback: dict[int, str] = {}
+        records: dict[int, TurnRecord] = {}
         for i, (state, limit) in enumerate(zip(active, limits)):
             ids = _end_of_turn(generated[i], eos)[:limit]
             token_entropies = None if entropies is None else [float(h) for h in entropies[i][: len(ids)]]
@@ -313,6 +367,7 @@ def run_episodes(
             reply = tokenizer.decode(ids[:-1] if ids[-1] == eos else ids, skip_special_tokens=False)
             episode.messages.append({"role": "assistant", "content": reply})
             action = parse_action(reply, prompts.style, tokenizer.eos_token)
+            records[state.slot] = TurnRecord(state.slot, turn, reply, action, token_entropies, episode)
             if action is None:
                 episode.num_invalid_actions += 1
                 feedback[state.slot] = prompts.format_error(state.admissible_actions)
@@ -330,6 +385,7 @@ def run_episodes(
                 continue
             episode = state.episode
             info = result.info
+            records[state.slot].reward = float(result.reward)
             state.admissible_actions = list(info.get("admissible_actions") or [])
             episode.won = bool(info.get("won", False))
             episode.score = float(info.get("score", 0.0))
@@ -354,6 +410,11 @@ def run_episodes(
                 state.finish(truncated=True)
                 continue
             state.append(ids, 0, -1, [0.0] * len(ids))
+
+        for state in active:
+            records[state.slot].feedback = feedback.get(state.slot)
+            records[state.slot].done = not state.active
+        yield [records[state.slot] for state in active]
 
     for state in running:
         _score(state, settings)

@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the log history the plots are drawn from
     if training_args.push_to_hub:
         trainer.push_to_hub()
 

@@ -1,0 +1,207 @@
+"""Learning: GRPO vs GRPO+EMPG (and DAPO vs DAPO+EMPG, the seed family, EMPG ablations) from the same warm start.
+
+For every game x method x training seed: train from the same warm-start agent with equal steps and equal rollouts
+per step, save a checkpoint every ``--eval-every`` steps, evaluate each checkpoint on the same held-out test seeds,
+and record the training curves (success, reward, KL, step entropy). Writes per-run JSON, an aggregate (mean and
+spread over seeds at each checkpoint) and learning-curve PNGs with bands to ``--output-dir``.
+
+    python benchmarks/learning.py --warm-start runs/quickstart/sft --games coin mapreader \
+        --methods grpo empg dapo dapo_empg --seeds 0 1 2 --steps 40 --eval-every 10 --eval-tasks 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+#: EMPGConfig overrides per method; every method shares the same rollout and optimisation settings.
+METHODS: dict[str, dict[str, Any]] = {
+    "grpo": {"modulation": "none"},
+    "empg": {"modulation": "empg"},
+    "dapo": {"modulation": "none", "loss_type": "dapo", "epsilon_high": 0.28},
+    "dapo_empg": {"modulation": "empg", "loss_type": "dapo", "epsilon_high": 0.28},
+    "empg_scale_only": {"modulation": "empg", "empg_zeta": 0.0},
+    "empg_bonus_only": {"modulation": "empg", "empg_k": 0.0},
+    "aem": {"modulation": "aem"},
+    "aepo": {"modulation": "none", "aepo_clip": True, "aepo_entropy_advantage": True, "epsilon_high": 0.28},
+    "aepo_rollout": {"modulation": "none", "aepo_rollout": True},
+    "epo": {"modulation": "none", "epo": True},
+}
+CURVES = ("env/success_rate", "reward", "kl", "empg/step_entropy/mean", "entropy")
+
+
+def train_one(game: str, method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    from trl_empg import EMPGConfig, EMPGTrainer
+    from trl_empg.evaluation import evaluate_agent
+
+    run_dir = args.output_dir / "runs" / f"{game}-{method}-seed{seed}"
+    config = EMPGConfig(
+        output_dir=str(run_dir),
+        use_cpu=args.device == "cpu",
+        bf16=args.device != "cpu",
+        report_to="none",
+        env_id=f"twx:{game}",
+        env_num_tasks=args.train_tasks,
+        max_turns=args.max_turns,
+        max_turn_tokens=args.max_turn_tokens,
+        max_completion_length=args.max_completion_length,
+        prompt_style=args.prompt_style,
+        num_generations=args.num_generations,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=args.learning_rate,
+        beta=args.beta,
+        save_strategy="steps",
+        save_steps=args.eval_every,
+        logging_steps=1,
+        seed=seed,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        **METHODS[method],
+    )
+    start = time.perf_counter()
+    trainer = EMPGTrainer(args.warm_start, args=config)
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    checkpoints = [(0, args.warm_start)] + [
+        (step, str(run_dir / f"checkpoint-{step}")) for step in range(args.eval_every, args.steps + 1, args.eval_every)
+    ]
+    evaluations = []
+    for step, path in checkpoints:
+        report = evaluate_agent(
+            path,
+            f"twx:{game}",
+            split="test",
+            num_tasks=args.eval_tasks,
+            seed=0,
+            max_turns=args.max_turns,
+            max_turn_tokens=args.max_turn_tokens,
+            max_completion_tokens=args.max_completion_length,
+            prompt_style=args.prompt_style,
+            batch_size=32,
+        )
+        evaluations.append(
+            {
+                "step": step,
+                "success_rate": report["success_rate"],
+                "ci": report["success_ci"],
+                "mean_steps": report["mean_steps"],
+            }
+        )
+    curves = {key: [(e["step"], e[key]) for e in trainer.state.log_history if key in e] for key in CURVES}
+    return {
+        "game": game,
+        "method": method,
+        "seed": seed,
+        "train_seconds": train_seconds,
+        "evaluations": evaluations,
+        "curves": curves,
+    }
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and spread (sample std, min, max) over seeds of the test success at each checkpoint."""
+    table: dict[str, Any] = {}
+    for run in runs:
+        for evaluation in run["evaluations"]:
+            key = f"{run['game']}/{run['method']}"
+            table.setdefault(key, {}).setdefault(evaluation["step"], []).append(evaluation["success_rate"])
+    return {
+        key: {
+            str(step): {
+                "mean": statistics.mean(v),
+                "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+                "min": min(v),
+                "max": max(v),
+                "seeds": len(v),
+            }
+            for step, v in sorted(steps.items())
+        }
+        for key, steps in table.items()
+    }
+
+
+def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    paths = []
+    for game in sorted({run["game"] for run in runs}):
+        figure = Figure(figsize=(12, 4))
+        success, kl, entropy = figure.subplots(1, 3)
+        for key, steps in summary.items():
+            if not key.startswith(f"{game}/"):
+                continue
+            x = [int(s) for s in steps]
+            mean = [steps[s]["mean"] for s in steps]
+            success.plot(x, mean, marker="o", label=key.split("/", 1)[1])
+            success.fill_between(x, [steps[s]["min"] for s in steps], [steps[s]["max"] for s in steps], alpha=0.2)
+        for axis, metric in ((kl, "kl"), (entropy, "empg/step_entropy/mean")):
+            for method in sorted({run["method"] for run in runs if run["game"] == game}):
+                series = [run["curves"][metric] for run in runs if run["game"] == game and run["method"] == method]
+                series = [s for s in series if s]
+                if series:
+                    length = min(len(s) for s in series)
+                    axis.plot(
+                        [p[0] for p in series[0][:length]],
+                        [statistics.mean(s[i][1] for s in series) for i in range(length)],
+                        label=method,
+                    )
+            axis.set_title(f"{metric} (training, mean over seeds)")
+            axis.set_xlabel("step")
+        success.set_title(f"twx:{game}: test success (mean, min-max band)")
+        success.set_xlabel("step")
+        success.legend(fontsize=7)
+        path = out_dir / f"learning_{game}.png"
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warm-start", required=True, help="warm-start agent (e.g. the quickstart's sft dir)")
+    parser.add_argument("--games", nargs="+", default=["coin", "mapreader"])
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["grpo", "empg", "dapo", "dapo_empg"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-tasks", type=int, default=200)
+    parser.add_argument("--train-tasks", type=int, default=1000)
+    parser.add_argument("--num-generations", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64, help="episodes per step (a multiple of generations)")
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--beta", type=float, default=0.01, help="KL coefficient (> 0 so that KL is tracked)")
+    parser.add_argument("--max-turns", type=int, default=20)
+    parser.add_argument("--max-turn-tokens", type=int, default=16)
+    parser.add_argument("--max-completion-length", type=int, default=2048)
+    parser.add_argument("--prompt-style", default="plain")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/learning"))
+    args = parser.parse_args()
+    if args.steps % args.eval_every:
+        parser.error("--steps must be a multiple of --eval-every")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for game in args.games:
+        for seed in args.seeds:
+            for method in args.methods:
+                run = train_one(game, method, seed, args)
+                runs.append(run)
+                (args.output_dir / f"{game}-{method}-seed{seed}.json").write_text(json.dumps(run, indent=2) + "\n")
+                print(json.dumps({k: run[k] for k in ("game", "method", "seed", "evaluations")}), flush=True)
+    summary = aggregate(runs)
+    plots = [str(p) for p in plot(summary, runs, args.output_dir)]
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report = {"benchmark": "learning", "settings": settings, "summary": summary, "plots": plots}
+    (args.output_dir / "learning.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Each benchmark script runs on a tiny setting and writes valid JSON (benchmarks are not unit tests: no figures
+are checked here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], timeout: int = 900) -> None:
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_overhead_script(tmp_path):
+    output = tmp_path / "overhead.json"
+    _run(
+        [
+            "benchmarks/overhead.py",
+            "--preset",
+            "tiny",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--configs",
+            "grpo",
+            "empg_generation",
+            "empg_forward",
+            "--batch-size",
+            "2",
+            "--num-generations",
+            "2",
+            "--completion-length",
+            "4",
+            "--prompt-words",
+            "4",
+            "--output",
+            str(output),
+        ]
+    )
+    report = json.loads(output.read_text())
+    summary = report["summary"]
+    assert set(summary) == {"grpo", "empg_generation", "empg_forward"}
+    assert summary["empg_generation"]["entropy_source"] == "generation"
+    assert summary["empg_forward"]["time_ratio_vs_grpo"] > 0 and summary["grpo"]["peak_mib"] > 0
+
+
+@pytest.mark.slow
+def test_rollout_throughput_script(tmp_path):
+    output = tmp_path / "throughput.json"
+    _run(
+        [
+            "benchmarks/rollout_throughput.py",
+            "--episodes",
+            "1",
+            "2",
+            "--workers",
+            "0",
+            "--max-turns",
+            "2",
+            "--output",
+            str(output),
+        ]
+    )
+    rows = json.loads(output.read_text())["results"]
+    assert [row["episodes"] for row in rows] == [1, 2]
+    assert all(row["batched"]["episodes_per_s"] > 0 and row["speedup_episodes_per_s"] > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_learning_script(tmp_path):
+    from trl_empg.tiny import build_tiny_agent
+
+    agent = build_tiny_agent("twx:coin", tmp_path / "agent", num_tasks=5, hidden_size=32, intermediate_size=64)
+    output_dir = tmp_path / "learning"
+    _run(
+        [
+            "benchmarks/learning.py",
+            "--warm-start",
+            str(agent),
+            "--games",
+            "coin",
+            "--methods",
+            "grpo",
+            "empg",
+            "--seeds",
+            "0",
+            "--steps",
+            "1",
+            "--eval-every",
+            "1",
+            "--eval-tasks",
+            "2",
+            "--train-tasks",
+            "4",
+            "--batch-size",
+            "2",
+            "--num-generations",
+            "2",
+            "--max-turns",
+            "2",
+            "--max-completion-length",
+            "256",
+            "--output-dir",
+            str(output_dir),
+        ]
+    )
+    report = json.loads((output_dir / "learning.json").read_text())
+    assert set(report["summary"]) == {"coin/grpo", "coin/empg"}
+    assert set(report["summary"]["coin/empg"]) == {"0", "1"}  # the warm start and the one checkpoint
+    assert all(Path(p).exists() for p in report["plots"])

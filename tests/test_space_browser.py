@@ -1,0 +1,171 @@
+"""The Gradio Space in a real browser: Debian's chromium, headless, driven by selenium through the system chromedriver.
+
+``python spaces/app.py`` is started as a user would start it (its default bind address, a free port), the page is
+opened, an episode is run and its rendered turns are checked; then a game is played from the "Play yourself" tab.
+A screenshot of the episode goes to the test's tmp dir and to ``spaces/screenshots/demo.png`` (the README shows it).
+Skipped only when the chromium or chromedriver binaries are absent (CI installs them where it can).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = REPO_ROOT / "spaces" / "screenshots" / "demo.png"
+CHROMIUM = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+# Offline and quiet: no background requests, updates, sync or first-run UI.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,1900",
+)
+ENTROPY_TEXT = re.compile(r"H = \d+\.\d{3} · conf \d\.\d{2}")
+FINISHED = ("Won in", "Lost after", "Not solved", "Error:")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"spaces/app.py exited with code {process.returncode} before serving")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise TimeoutError(f"spaces/app.py did not serve {url} within {timeout:.0f}s")
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    """``python spaces/app.py --port P`` in the background, with its own agent cache; yields the page's URL."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TRL_EMPG_SPACE_CACHE": str(tmp_path / "space-cache"),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+    }
+    env.pop("GRADIO_SERVER_NAME", None)  # the app's own default (127.0.0.1) is part of what runs here
+    log = (tmp_path / "app.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "spaces" / "app.py"), "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_serving(url, process, timeout=180)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip(
+            "needs the chromium and chromedriver binaries (Debian: apt-get install chromium chromium-driver); "
+            f"found chromium={CHROMIUM}, chromedriver={CHROMEDRIVER}"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _text_of(driver, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    elements = driver.find_elements(By.CSS_SELECTOR, selector)
+    return elements[0].text if elements else ""
+
+
+@pytest.mark.slow
+def test_browser_runs_an_episode_and_plays(app_url, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(app_url)
+    wait = WebDriverWait(browser, 300, poll_frequency=0.5)
+    # The page loads the environment's seeds on load; wait for them so the run plays the chosen task.
+    wait.until(lambda driver: "held-out test tasks" in _text_of(driver, "#env-note"))
+    wait.until(conditions.element_to_be_clickable((By.CSS_SELECTOR, "#run-episode"))).click()
+
+    status = wait.until(
+        lambda driver: (text := _text_of(driver, "#episode-status")) and text.startswith(FINISHED) and text
+    )
+    assert not status.startswith("Error:"), status
+    rows = browser.find_elements(By.CSS_SELECTOR, "#episode-turns tr.turn-row")
+    assert rows, "no turn rows rendered"
+    rendered = [
+        (row.find_element(By.CSS_SELECTOR, "td.action").text, row.find_element(By.CSS_SELECTOR, "td.entropy").text)
+        for row in rows
+    ]
+    assert any(
+        row.find_elements(By.CSS_SELECTOR, "td.action code") and ENTROPY_TEXT.fullmatch(entropy)
+        for row, (_, entropy) in zip(rows, rendered)
+    ), rendered
+    # The entropy chips are coloured by confidence and the plot of the episode is drawn.
+    chip = rows[0].find_element(By.CSS_SELECTOR, ".entropy-chip")
+    assert chip.value_of_css_property("background-color") not in ("", "rgba(0, 0, 0, 0)")
+    wait.until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#entropy-plot img"))
+
+    browser.execute_script("window.scrollTo(0, 0)")
+    for path in (tmp_path / "demo.png", SCREENSHOT):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(path)), f"could not save {path}"
+        assert path.stat().st_size > 10_000
+
+    # Play yourself: start a game, click an admissible action, see the move and the agent's suggestion.
+    browser.find_element(By.XPATH, "//button[@role='tab'][normalize-space()='Play yourself']").click()
+    wait.until(conditions.element_to_be_clickable((By.CSS_SELECTOR, "#start-game"))).click()
+    wait.until(lambda driver: "Agent's suggestion" in _text_of(driver, "#suggestion"))
+    choice = wait.until(conditions.element_to_be_clickable((By.CSS_SELECTOR, "input[type='radio']")))
+    action = choice.get_attribute("value")
+    choice.click()
+    move = wait.until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "tr.play-row"))[0]
+    assert action in move.find_element(By.CSS_SELECTOR, "td.action").text
+    assert ENTROPY_TEXT.fullmatch(move.find_element(By.CSS_SELECTOR, "td.entropy").text)
+    assert "move 2" in _text_of(browser, "#play-status")
