@@ -22,9 +22,7 @@ check-java:
 	on Debian/Ubuntu run 'sudo apt-get install -y openjdk-17-jre-headless'." >&2; exit 1; }
 
 quickstart: install
-	$(BIN)/python -m trl_empg.tiny --env-id twx:coin --output-dir $(RUN_DIR)/tiny-twx-coin
-	$(BIN)/python -m trl_empg.train --config recipes/quickstart.yaml \
-		--model_name_or_path $(RUN_DIR)/tiny-twx-coin --output_dir $(RUN_DIR)/quickstart-empg
+	$(BIN)/python -m trl_empg quickstart --recipe recipes/quickstart.yaml --run-dir $(RUN_DIR)/quickstart
 
 test: install
 	$(BIN)/ruff check src tests spaces benchmarks

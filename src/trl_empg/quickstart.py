@@ -29,9 +29,9 @@ def run_quickstart(
     recipe: str | Path = DEFAULT_RECIPE,
     *,
     seed: int = 0,
-    sft_steps: int = 120,
+    sft_steps: int = 200,
     sft_noise: float = 0.25,
-    sft_learning_rate: float = 3e-3,
+    sft_learning_rate: float = 1e-2,
     eval_tasks: int = 200,
     train_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -145,8 +145,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", default="runs/quickstart", help="where every stage writes its output")
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="the EMPG recipe (env and rollout settings)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
-    parser.add_argument("--sft-steps", type=int, default=120, help="warm-start optimizer steps")
+    parser.add_argument("--sft-steps", type=int, default=200, help="warm-start optimizer steps")
     parser.add_argument("--sft-noise", type=float, default=0.25, help="fraction of warm-start labels made random")
-    parser.add_argument("--sft-learning-rate", type=float, default=3e-3, help="warm-start learning rate")
+    parser.add_argument("--sft-learning-rate", type=float, default=1e-2, help="warm-start learning rate")
     parser.add_argument("--eval-tasks", type=int, default=200, help="held-out test seeds per evaluation")
     parser.set_defaults(handler=_run, passthrough=True)

@@ -44,13 +44,24 @@ class TrainScriptArguments:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainScriptArguments, EMPGConfig, ModelConfig]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = TrlParser((TrainScriptArguments, EMPGConfig, ModelConfig))
+    if _dry_run_without_gpu(argv):
+        # A GPU recipe is validated here on its keys and values; TrainingArguments' bf16/GPU availability check is
+        # about this machine, not the recipe, so the dry run parses it as if on CPU and says so.
+        argv = [*argv, "--use_cpu", "true", "--bf16", "false", "--fp16", "false"]
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     if model_args.model_name_or_path is None:
         raise ValueError("The recipe must set model_name_or_path (a Hub id or a local directory).")
     if training_args.env_id is None and script_args.dataset_name is None:
         raise ValueError("The recipe must set either env_id (multi-turn env training) or dataset_name (prompts).")
     return script_args, training_args, model_args
+
+
+def _dry_run_without_gpu(argv: Sequence[str]) -> bool:
+    import torch
+
+    return any(a in ("--dry_run", "--dry-run") for a in argv) and not torch.cuda.is_available()
 
 
 def load_callable(path: str) -> Callable[..., Any]:
@@ -73,7 +84,10 @@ def resolved_config(script_args: TrainScriptArguments, training_args: EMPGConfig
 def main(argv: Sequence[str] | None = None) -> None:
     script_args, training_args, model_args = parse_args(argv)
     if script_args.dry_run:
-        print(json.dumps(resolved_config(script_args, training_args, model_args), indent=2, default=str))
+        resolved = resolved_config(script_args, training_args, model_args)
+        if _dry_run_without_gpu(list(sys.argv[1:] if argv is None else argv)):
+            resolved["note"] = "validated without a GPU: use_cpu/bf16/fp16 shown as on CPU"
+        print(json.dumps(resolved, indent=2, default=str))
         return
 
     from datasets import load_dataset

@@ -1,0 +1,337 @@
+"""Warm start: supervised fine-tuning on an environment's gold (expert) trajectories with TRL's ``SFTTrainer``.
+
+RL from a randomly initialised or format-naive model wastes most rollouts on malformed replies, so agents first
+imitate the environment's expert plans. The demonstrations are the conversations the RL rollout would produce if the
+agent replayed the plan: the same :class:`~trl_empg.rollout.AgentPrompts` texts (system prompt with the env's task
+description, first observation, observation turns with the admissible actions) and the same reply format per prompt
+style. During RL the agent sees the whole growing conversation, so every assistant turn is trained in its full-history
+context: rows are complete conversations in TRL's conversational ``messages`` format, trained with
+``assistant_only_loss=True``. TRL then renders them with its training variant of the chat template (the plain
+template plus ``{% generation %}`` markers, token-identical) only while tokenising; the tokenizer keeps the plain
+template, which GRPO/EMPG training recognises.
+
+The loss covers every assistant turn as the training template marks it: the reply, its ``<|im_end|>``, and the
+template's framing newline on either side (after ``<|im_start|>assistant`` and after ``<|im_end|>``). The framing
+newlines are not generated during RL (the first ends the generation prompt, the second starts the next observation)
+and are fully predictable, so they only dilute the reported loss slightly.
+
+Label noise (``noise``): an expert-perfect start leaves RL nothing to improve and collapses exploration, so a fraction
+of the assistant labels is replaced by a different admissible action, drawn uniformly. The environment is still
+stepped with the gold action, so every demonstration stays a winning trajectory and the observations keep following
+the plan; a noisy turn is therefore followed by an observation that does not match its label. The model still learns
+``P(action | history)`` as a mix of the expert and a uniform valid-action policy: competent, clearly imperfect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from .envs import make
+from .rollout import PROMPT_STYLES, AgentPrompts
+
+__all__ = ["format_reply", "gold_conversations", "register_cli", "run_sft", "sft_trainer"]
+
+logger = logging.getLogger(__name__)
+
+#: Extra resets tried for a task whose gold plan does not fit ``max_turns``. TWX coin draws its plan as a fresh
+#: random walk on every reset (not a function of the seed), so a later draw is often short enough; for games with
+#: fixed plans the extra resets cost a few milliseconds before the task is skipped.
+PLAN_REDRAWS = 4
+
+
+def format_reply(action: str, style: str) -> str:
+    """The assistant reply that plays ``action`` in ``style``: the action itself (plain) or a short templated thought
+    plus the action in tags (react), the form :func:`trl_empg.rollout.parse_action` reads back and
+    :func:`trl_empg.tiny.env_corpus` trains tiny tokenizers on."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"Unknown prompt_style {style!r}; expected one of {list(PROMPT_STYLES)}.")
+    if style == "react":
+        return f"<think>I should {action}.</think><action>{action}</action>"
+    return action
+
+
+def gold_conversations(
+    env_id: str,
+    env_kwargs: dict[str, Any] | None = None,
+    split: str = "train",
+    num_tasks: int | None = None,
+    prompt_style: str = "plain",
+    show_admissible_actions: bool = True,
+    noise: float = 0.0,
+    seed: int = 0,
+    max_turns: int = 20,
+) -> Dataset:
+    """One conversation per task of ``split`` (its first ``num_tasks`` seeds, as the RL task dataset picks them): the
+    env's gold plan played from ``reset``, recorded exactly as the RL rollout presents it to the agent.
+
+    Columns: ``messages`` (system, user, assistant, ..., ending with the winning assistant turn; the final observation
+    is not trained and left out), ``task_seed``, ``task_split``, ``actions`` (the assistant labels) and
+    ``gold_actions`` (what the env was stepped with; they differ where noise replaced a label).
+
+    Only plans that win within ``max_turns`` actions are kept, so no demonstration is longer than an RL episode may be:
+    a longer plan is re-drawn up to :data:`PLAN_REDRAWS` times (coin's plans are random walks that differ on every
+    reset, so its dataset is reproducible only in distribution), then its task is skipped, as are tasks whose plan is
+    empty or does not win. ``noise`` is the probability that a label is replaced by another admissible action (kept
+    gold when there is none); the draws are seeded by ``(seed, task seed)``. Use ``split="train"`` for training: the
+    dev and test seeds are the held-out tasks agents are evaluated on.
+    """
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise must be in [0, 1], got {noise}.")
+    if max_turns < 1:
+        raise ValueError(f"max_turns must be >= 1, got {max_turns}.")
+    if num_tasks is not None and num_tasks < 1:
+        raise ValueError(f"num_tasks must be >= 1 or None, got {num_tasks}.")
+    env = make(env_id, **(env_kwargs or {}))
+    try:
+        prompts = AgentPrompts(prompt_style, show_admissible_actions, getattr(env, "task_description", "") or "")
+        seeds = list(env.task_seeds(split))[:num_tasks]
+        rows: dict[str, list[Any]] = {
+            "messages": [],
+            "task_seed": [],
+            "task_split": [],
+            "actions": [],
+            "gold_actions": [],
+        }
+        skipped = 0
+        for task_seed in seeds:
+            demo = _play_gold(env, prompts, task_seed, split, max_turns, noise, random.Random(f"{seed}:{task_seed}"))
+            if demo is None:
+                skipped += 1
+                continue
+            messages, actions, gold = demo
+            for key, value in zip(rows, (messages, task_seed, split, actions, gold)):
+                rows[key].append(value)
+    finally:
+        env.close()
+    if skipped:
+        logger.warning(
+            "%s: skipped %d of %d %s tasks whose gold plan is empty, does not win or needs more than %d turns.",
+            env_id,
+            skipped,
+            len(seeds),
+            split,
+            max_turns,
+        )
+    if not rows["messages"]:
+        raise ValueError(
+            f"{env_id} gave no usable gold plan on {len(seeds)} {split} tasks (max_turns={max_turns}); supervised "
+            "warm starts need an environment that reports info['gold_actions'] on reset."
+        )
+    return Dataset.from_dict(rows)
+
+
+def _play_gold(
+    env: Any, prompts: AgentPrompts, task_seed: int, split: str, max_turns: int, noise: float, rng: random.Random
+) -> tuple[list[dict[str, str]], list[str], list[str]] | None:
+    """Play one task's gold plan; the conversation, labels and stepped actions of a win, or None."""
+    for _ in range(1 + PLAN_REDRAWS):
+        observation, info = env.reset(seed=task_seed, split=split)
+        plan = list(info.get("gold_actions") or [])
+        if len(plan) <= max_turns:
+            break
+    if not plan or len(plan) > max_turns:
+        return None
+    admissible = list(info.get("admissible_actions") or [])
+    messages = [
+        {"role": "system", "content": prompts.system()},
+        {"role": "user", "content": prompts.first_user(observation, admissible)},
+    ]
+    actions: list[str] = []
+    for turn, gold in enumerate(plan):
+        alternatives = [action for action in admissible if action != gold]
+        label = rng.choice(alternatives) if alternatives and rng.random() < noise else gold
+        messages.append({"role": "assistant", "content": format_reply(label, prompts.style)})
+        actions.append(label)
+        observation, _, done, info = env.step(gold)
+        if done or info.get("won"):
+            return (messages, actions, plan[: turn + 1]) if info.get("won") else None
+        admissible = list(info.get("admissible_actions") or [])
+        messages.append({"role": "user", "content": prompts.observation(observation, admissible)})
+    return None
+
+
+def sft_trainer(
+    model: Any,
+    tokenizer: Any,
+    dataset: Dataset,
+    output_dir: str | Path,
+    *,
+    max_steps: int = 300,
+    learning_rate: float = 1e-3,
+    per_device_train_batch_size: int = 16,
+    logging_steps: int = 10,
+    seed: int = 0,
+) -> Any:
+    """The ``SFTTrainer`` :func:`run_sft` trains with: assistant-only loss on whole conversations of ``dataset``,
+    ``per_device_train_batch_size`` conversations per optimizer step.
+
+    On the GPU (bf16 where supported) a step is one padded batch. On the CPU (fp32) it accumulates the gradients of
+    one conversation at a time: demonstrations range from ~200 to ~3000 tokens, and a padded batch both wastes compute
+    on padding and, because it needs an attention mask, takes PyTorch's slow non-fused attention path, ~2.5x slower
+    per token at 3000 tokens. Gradient accumulation normalises by the number of trained tokens across the
+    accumulated conversations, so the loss is the same as the batch's.
+    """
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    use_gpu = torch.cuda.is_available()
+    micro_batch = per_device_train_batch_size if use_gpu else 1
+    config = SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=per_device_train_batch_size // micro_batch,
+        assistant_only_loss=True,
+        # Whole conversations: cutting one would drop its late turns, whose long contexts RL shows the agent too.
+        max_length=None,
+        use_cpu=not use_gpu,
+        bf16=use_gpu and torch.cuda.is_bf16_supported(),
+        # TRL's default recomputes activations to save memory; that bounds long padded batches on a GPU, but on the
+        # CPU memory is not the limit and the recomputation costs a third more time.
+        activation_checkpointing=use_gpu,
+        logging_steps=logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+    )
+    return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+
+
+def run_sft(
+    model_name_or_path: str,
+    output_dir: str | Path,
+    env_id: str = "twx:coin",
+    env_kwargs: dict[str, Any] | None = None,
+    *,
+    num_tasks: int | None = None,
+    prompt_style: str = "plain",
+    show_admissible_actions: bool = True,
+    noise: float = 0.0,
+    max_turns: int = 20,
+    max_steps: int = 300,
+    learning_rate: float = 1e-3,
+    per_device_train_batch_size: int = 16,
+    logging_steps: int = 10,
+    seed: int = 0,
+) -> Path:
+    """Fine-tune ``model_name_or_path`` on :func:`gold_conversations` of ``env_id``'s train split and save the agent.
+
+    The defaults suit the offline tiny agents (randomly initialised, hence the high learning rate); use ~1e-5 for
+    pretrained models. The prompt style, ``show_admissible_actions`` and ``max_turns`` must match the RL run's, which
+    shows the agent the same texts. Saves model, tokenizer and ``trainer_state.json`` (the loss history) to
+    ``output_dir`` and returns it; fails if the saved tokenizer's chat template is not the one it was given.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    output_dir = Path(output_dir)
+    dataset = gold_conversations(
+        env_id,
+        env_kwargs,
+        split="train",
+        num_tasks=num_tasks,
+        prompt_style=prompt_style,
+        show_admissible_actions=show_admissible_actions,
+        noise=noise,
+        seed=seed,
+        max_turns=max_turns,
+    ).select_columns(["messages"])
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    chat_template = tokenizer.chat_template
+    # On the CPU, train fp32 weights whatever the checkpoint's dtype: there is no mixed precision to keep master
+    # weights in fp32 there.
+    dtype = "auto" if torch.cuda.is_available() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype)
+    trainer = sft_trainer(
+        model,
+        tokenizer,
+        dataset,
+        output_dir,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        per_device_train_batch_size=per_device_train_batch_size,
+        logging_steps=logging_steps,
+        seed=seed,
+    )
+    trainer.train()
+    trainer.save_model(str(output_dir))
+    trainer.save_state()
+    tokenizer.save_pretrained(output_dir)
+    saved = AutoTokenizer.from_pretrained(output_dir).chat_template
+    if saved != chat_template:
+        raise RuntimeError(
+            f"The tokenizer saved to {output_dir} has a different chat template than {model_name_or_path}; GRPO/EMPG "
+            "training would no longer recognise it."
+        )
+    return output_dir
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model to fine-tune: a local directory or a Hub id")
+    parser.add_argument("--output-dir", required=True, help="where to save the fine-tuned model and tokenizer")
+    parser.add_argument("--env-id", default="twx:coin", help="environment whose gold plans are the demonstrations")
+    parser.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments of the environment")
+    parser.add_argument("--num-tasks", type=int, default=None, help="use the first N train tasks (default: all)")
+    parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="plain", help="reply format the agent learns")
+    parser.add_argument(
+        "--hide-admissible-actions",
+        action="store_true",
+        help="leave the admissible actions out of the observations (must match the RL run's show_admissible_actions)",
+    )
+    parser.add_argument("--noise", type=float, default=0.0, help="fraction of labels replaced by other valid actions")
+    parser.add_argument("--max-turns", type=int, default=20, help="skip plans longer than this (the RL max_turns)")
+    parser.add_argument("--max-steps", type=int, default=300, help="optimizer steps")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (linear decay)")
+    parser.add_argument("--batch-size", type=int, default=16, help="conversations per optimizer step")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the label noise and of training")
+
+
+def _run(args: argparse.Namespace) -> None:
+    env_kwargs = json.loads(args.env_kwargs)
+    if not isinstance(env_kwargs, dict):
+        raise SystemExit(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}.")
+    path = run_sft(
+        args.model,
+        args.output_dir,
+        args.env_id,
+        env_kwargs,
+        num_tasks=args.num_tasks,
+        prompt_style=args.prompt_style,
+        show_admissible_actions=not args.hide_admissible_actions,
+        noise=args.noise,
+        max_turns=args.max_turns,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    print(path)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sft",
+        help="warm-start an agent by supervised fine-tuning on the environment's gold trajectories",
+        description=run_sft.__doc__,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(handler=_run)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trl_empg.sft", description=run_sft.__doc__)
+    _add_arguments(parser)
+    _run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
