@@ -172,3 +172,31 @@ def test_cli_resume_from_checkpoint_flag(tmp_path, tiny_agent_dir):
     main([*common, "--max_steps", "2", "--resume_from_checkpoint", str(output_dir / "checkpoint-1")])
     state = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+
+
+def test_push_without_a_token_fails_before_training(tmp_path, tiny_agent_dir, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("trl_empg.hub.get_token", lambda: None)
+    monkeypatch.setattr("trl_empg.trainer.EMPGTrainer.__init__", lambda *a, **k: pytest.fail("trainer was built"))
+    with pytest.raises(RuntimeError, match="access token"):
+        main(
+            [
+                "--config",
+                str(REPO / "recipes" / "quickstart.yaml"),
+                "--model_name_or_path",
+                str(tiny_agent_dir),
+                "--output_dir",
+                str(tmp_path),
+                "--push_to_hub",
+                "--hub_model_id",
+                "someone/agent",
+            ]
+        )
+
+
+def test_dry_run_keeps_hyperparameters_and_hides_tokens(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    main(["--config", "recipes/quickstart.yaml", "--dry_run", "--hub_token", "hf_secretsecretsecretsecret00"])
+    out = capsys.readouterr().out
+    assert json.loads(out)["training"]["max_turn_tokens"] == 16
+    assert "hf_secretsecret" not in out

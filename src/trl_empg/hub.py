@@ -85,9 +85,8 @@ def require_hub_token(token: str | None = None) -> str:
 def run_config(script_args: Any, training_args: Any, model_args: Any) -> dict[str, Any]:
     """The three parsed recipe dataclasses as one redacted, JSON-able dict: ``{"script", "training", "model"}``.
 
-    Built here rather than with ``trl_empg.train.resolved_config``, whose blanket "token" filter also drops the
-    ``max_turn_tokens`` hyperparameter that the card's usage snippets must repeat; :func:`redact` drops only what can
-    hold a credential.
+    :func:`redact` drops only what can hold a credential (a blanket filter on "token" in key names would also drop
+    the ``max_turn_tokens`` hyperparameter that the card's usage snippets must repeat).
     """
     config = {"script": vars(script_args), "training": training_args.to_dict(), "model": vars(model_args)}
     return redact(json.loads(json.dumps(config, default=str)))

@@ -19,6 +19,7 @@ from typing import Any
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from .config import EMPGConfig
+from .hub import require_hub_token, run_config, save_run_config
 
 
 @dataclass
@@ -75,16 +76,10 @@ def load_callable(path: str) -> Callable[..., Any]:
         raise ValueError(f"Cannot import {path!r}: {error}") from error
 
 
-def resolved_config(script_args: TrainScriptArguments, training_args: EMPGConfig, model_args: ModelConfig) -> dict:
-    """The whole configuration as plain JSON-able values, with secrets removed."""
-    training = {k: v for k, v in training_args.to_dict().items() if "token" not in k}
-    return {"script": vars(script_args), "model": vars(model_args), "training": training}
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     script_args, training_args, model_args = parse_args(argv)
     if script_args.dry_run:
-        resolved = resolved_config(script_args, training_args, model_args)
+        resolved = run_config(script_args, training_args, model_args)
         if _dry_run_without_gpu(list(sys.argv[1:] if argv is None else argv)):
             resolved["note"] = "validated without a GPU: use_cpu/bf16/fp16 shown as on CPU"
         print(json.dumps(resolved, indent=2, default=str))
@@ -93,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from datasets import load_dataset
 
     from .trainer import EMPGTrainer
+
+    if training_args.push_to_hub:  # fail now, not after hours of training (TRL creates the repo in its constructor)
+        training_args.hub_token = require_hub_token(training_args.hub_token)
 
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
@@ -114,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
+    save_run_config(training_args.output_dir, script_args, training_args, model_args)  # for cards and `push`
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the log history the plots are drawn from
