@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from trl_empg.hub import render_run_card, save_run_config
+from trl_empg.hub import save_run_config, upload_plan
 from trl_empg.quickstart import run_quickstart
 from trl_empg.train import parse_args
 
@@ -43,11 +43,15 @@ def make_quickstart_example(
 
 
 def render_quickstart_example(work_dir: str | Path, output: str | Path = QUICKSTART_CARD) -> Path:
-    """Render the card of the run :func:`make_quickstart_example` left in ``work_dir`` (after a template change)."""
+    """Write the card of the run :func:`make_quickstart_example` left in ``work_dir`` (also after a template change).
+
+    The card and its plots come from ``trl_empg.hub.upload_plan``, i.e. exactly what ``trl-empg push`` would upload;
+    the plots go to ``plots/`` next to the card so that it renders here as it would on the Hub.
+    """
     work_dir = Path(work_dir)
     warm = json.loads((work_dir / "eval_sft.json").read_text(encoding="utf-8"))
     low, high = warm["success_ci"]
-    card = render_run_card(
+    plan = upload_plan(
         work_dir / "empg",
         QUICKSTART_REPO_ID,
         eval_files=[work_dir / "eval_empg.json"],
@@ -62,7 +66,11 @@ def render_quickstart_example(work_dir: str | Path, output: str | Path = QUICKST
     )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(card, encoding="utf-8")
+    output.write_bytes(plan["README.md"])
+    for name, source in plan.items():
+        if name.startswith("plots/"):
+            (output.parent / name).parent.mkdir(parents=True, exist_ok=True)
+            (output.parent / name).write_bytes(source.read_bytes())
     return output
 
 

@@ -200,3 +200,36 @@ def test_dry_run_keeps_hyperparameters_and_hides_tokens(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert json.loads(out)["training"]["max_turn_tokens"] == 16
     assert "hf_secretsecret" not in out
+
+
+def test_push_uploads_through_the_allow_list_and_never_stores_the_token(tmp_path, tiny_agent_dir, monkeypatch):
+    token = "hf_" + "q" * 32
+    monkeypatch.setenv("HF_TOKEN", token)
+    calls = []
+    monkeypatch.setattr("trl_empg.train.push_run", lambda run_dir, repo_id, **kw: calls.append((run_dir, repo_id)))
+    output_dir = tmp_path / "run"
+    main(
+        [
+            "--config",
+            str(REPO / "recipes" / "quickstart.yaml"),
+            "--model_name_or_path",
+            str(tiny_agent_dir),
+            "--output_dir",
+            str(output_dir),
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--num_generations",
+            "2",
+            "--max_turns",
+            "2",
+            "--push_to_hub",
+            "--hub_model_id",
+            "someone/agent",
+        ]
+    )
+    assert calls == [(str(output_dir), "someone/agent")]
+    for path in output_dir.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), f"{path} holds the Hub token"

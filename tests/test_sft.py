@@ -49,6 +49,16 @@ def seeds():
         env.close()
 
 
+@pytest.fixture
+def one_thread():
+    """Train on one thread: the tiny model gains nothing from two, and on a busy shared box spinning OpenMP threads
+    make each step an order of magnitude slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def description():
     """The task description the RL rollout puts in the system prompt."""
@@ -183,7 +193,9 @@ def invalid_action_rate(policy: HFPolicy, pool, seeds: list[int], description: s
     return sum(e.num_invalid_actions for e in episodes) / sum(e.num_turns for e in episodes)
 
 
-def test_short_sft_run_lowers_loss_and_teaches_valid_actions(agent_dir, coin_pool, seeds, description, tmp_path):
+def test_short_sft_run_lowers_loss_and_teaches_valid_actions(
+    agent_dir, coin_pool, seeds, description, tmp_path, one_thread
+):
     test_seeds = seeds["test"][:16]
     torch.manual_seed(0)
     before = invalid_action_rate(HFPolicy.from_pretrained(str(agent_dir)), coin_pool, test_seeds, description)
@@ -208,7 +220,7 @@ def test_short_sft_run_lowers_loss_and_teaches_valid_actions(agent_dir, coin_poo
     assert before > 0.95 and after < 0.8, (before, after)  # measured: 1.0 before, 0.45-0.75 after
 
 
-def test_cli_runs_sft_on_train_tasks(agent_dir, tmp_path, capsys, monkeypatch):
+def test_cli_runs_sft_on_train_tasks(agent_dir, tmp_path, capsys, monkeypatch, one_thread):
     calls = []
 
     def spy(*args, **kwargs):

@@ -275,11 +275,15 @@ def _eval_command(repo_id: str, env_id: str, env_kwargs: Mapping[str, Any], roll
 
 
 def _python_snippet(repo_id: str, env_id: str, env_kwargs: Mapping[str, Any], rollout: Mapping[str, Any]) -> str:
-    settings = (
-        f"max_turns={rollout['max_turns']}, max_turn_tokens={rollout['max_turn_tokens']}, "
-        f"max_completion_tokens={rollout['max_completion_length']},\n"
-        f"    prompt_style={json.dumps(rollout['prompt_style'])}, "
-        f"show_admissible_actions={bool(rollout['show_admissible_actions'])!r},"
+    settings = "".join(
+        f"    {key}={value},\n"
+        for key, value in [
+            ("max_turns", rollout["max_turns"]),
+            ("max_turn_tokens", rollout["max_turn_tokens"]),
+            ("max_completion_tokens", rollout["max_completion_length"]),
+            ("prompt_style", json.dumps(rollout["prompt_style"])),
+            ("show_admissible_actions", bool(rollout["show_admissible_actions"])),
+        ]
     )
     return "\n".join(
         [
@@ -291,7 +295,7 @@ def _python_snippet(repo_id: str, env_id: str, env_kwargs: Mapping[str, Any], ro
             f"env_id, env_kwargs = {json.dumps(env_id)}, {dict(env_kwargs)!r}",
             f"policy = HFPolicy.from_pretrained({json.dumps(repo_id)}, "
             f"SamplingSettings(temperature={float(rollout['temperature'])!r}))",
-            f"settings = RolloutSettings(\n    {settings}\n)",
+            f"settings = RolloutSettings(\n{settings})",
             "env = make(env_id, **env_kwargs)  # the task seeds of each split, and the task text the agent was shown",
             'seeds, description = env.task_seeds("test")[:8], getattr(env, "task_description", "")',
             "env.close()",

@@ -164,8 +164,8 @@ def sft_trainer(
     dataset: Dataset,
     output_dir: str | Path,
     *,
-    max_steps: int = 300,
-    learning_rate: float = 1e-3,
+    max_steps: int = 400,
+    learning_rate: float = 1e-2,
     per_device_train_batch_size: int = 16,
     logging_steps: int = 10,
     seed: int = 0,
@@ -217,8 +217,8 @@ def run_sft(
     show_admissible_actions: bool = True,
     noise: float = 0.0,
     max_turns: int = 20,
-    max_steps: int = 300,
-    learning_rate: float = 1e-3,
+    max_steps: int = 400,
+    learning_rate: float = 1e-2,
     per_device_train_batch_size: int = 16,
     logging_steps: int = 10,
     seed: int = 0,
@@ -289,8 +289,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--noise", type=float, default=0.0, help="fraction of labels replaced by other valid actions")
     parser.add_argument("--max-turns", type=int, default=20, help="skip plans longer than this (the RL max_turns)")
-    parser.add_argument("--max-steps", type=int, default=300, help="optimizer steps")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (linear decay)")
+    parser.add_argument("--max-steps", type=int, default=400, help="optimizer steps")
+    parser.add_argument("--learning-rate", type=float, default=1e-2, help="peak learning rate (linear decay)")
     parser.add_argument("--batch-size", type=int, default=16, help="conversations per optimizer step")
     parser.add_argument("--seed", type=int, default=0, help="seed of the label noise and of training")
 

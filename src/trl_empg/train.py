@@ -14,12 +14,13 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from .config import EMPGConfig
-from .hub import require_hub_token, run_config, save_run_config
+from .hub import push_run, require_hub_token, run_config, save_run_config
 
 
 @dataclass
@@ -89,8 +90,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from .trainer import EMPGTrainer
 
-    if training_args.push_to_hub:  # fail now, not after hours of training (TRL creates the repo in its constructor)
-        training_args.hub_token = require_hub_token(training_args.hub_token)
+    push = training_args.push_to_hub
+    if push:
+        require_hub_token(training_args.hub_token)  # fail now, not after hours of training; never stored in the args
+        # transformers would upload the whole output dir (training_args.bin holds the token in clear): push_run
+        # uploads an allow-list instead, with the model card.
+        training_args.push_to_hub = False
 
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
@@ -112,12 +117,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    save_run_config(training_args.output_dir, script_args, training_args, model_args)  # for cards and `push`
+    if trainer.accelerator.is_main_process:
+        save_run_config(training_args.output_dir, script_args, training_args, model_args)  # for cards and `push`
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the log history the plots are drawn from
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    if push and trainer.accelerator.is_main_process:
+        push_run(
+            training_args.output_dir,
+            training_args.hub_model_id or Path(training_args.output_dir).name,
+            token=training_args.hub_token,
+            private=bool(training_args.hub_private_repo),
+            revision=training_args.hub_revision,
+        )
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
