@@ -29,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="command")
     for module_name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue  # a subcommand whose module is not part of this install
-            raise
-        module.register_cli(subparsers)
+        importlib.import_module(module_name).register_cli(subparsers)
     return parser
 
 
