@@ -1,12 +1,18 @@
 """Learning: GRPO vs GRPO+EMPG (and DAPO vs DAPO+EMPG, the seed family, EMPG ablations) from the same warm start.
 
-For every game x method x training seed: train from the same warm-start agent with equal steps and equal rollouts
+For every game x method x training seed: train from that game's warm-start agent with equal steps and equal rollouts
 per step, save a checkpoint every ``--eval-every`` steps, evaluate each checkpoint on the same held-out test seeds,
 and record the training curves (success, reward, KL, step entropy). Writes per-run JSON, an aggregate (mean and
 spread over seeds at each checkpoint) and learning-curve PNGs with bands to ``--output-dir``.
 
-    python benchmarks/learning.py --warm-start runs/quickstart/sft --games coin mapreader \
-        --methods grpo empg dapo dapo_empg --seeds 0 1 2 --steps 40 --eval-every 10 --eval-tasks 200
+Each game needs its own warm start (the tiny agents know one game's text): pass ``--warm-start GAME=PATH``, or let
+the script build it the quickstart's way (``build-tiny`` then ``sft`` on the game's gold plans with label noise) into
+``OUTPUT_DIR/warm_starts/GAME``. The warm start is evaluated once per game (step 0 of every curve). Finished runs
+are kept as ``GAME-METHOD-seedN.json`` and skipped when the script is run again, so a sweep can be split over
+several invocations (``--aggregate-only`` then rebuilds the summary and plots from every run file present).
+
+    python benchmarks/learning.py --games coin mapreader --methods grpo empg dapo dapo_empg --seeds 0 1 2 \
+        --steps 40 --eval-every 10 --eval-tasks 200
 """
 
 from __future__ import annotations
@@ -34,9 +40,62 @@ METHODS: dict[str, dict[str, Any]] = {
 CURVES = ("env/success_rate", "reward", "kl", "empg/step_entropy/mean", "entropy")
 
 
-def train_one(game: str, method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from trl_empg import EMPGConfig, EMPGTrainer
+def evaluate(path: str, game: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Test-split success of one checkpoint on the first ``--eval-tasks`` seeds (sampled, evaluation seed 0)."""
     from trl_empg.evaluation import evaluate_agent
+
+    report = evaluate_agent(
+        path,
+        f"twx:{game}",
+        split="test",
+        num_tasks=args.eval_tasks,
+        seed=0,
+        max_turns=args.max_turns,
+        max_turn_tokens=args.max_turn_tokens,
+        max_completion_tokens=args.max_completion_length,
+        prompt_style=args.prompt_style,
+        batch_size=32,
+    )
+    return {
+        "success_rate": report["success_rate"],
+        "ci": report["success_ci"],
+        "mean_steps": report["mean_steps"],
+        "invalid_action_rate": report["invalid_action_rate"],
+    }
+
+
+def warm_start(game: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The game's warm-start agent (given, or built and fine-tuned on noisy gold plans) and its evaluation."""
+    from trl_empg.sft import run_sft
+    from trl_empg.tiny import build_tiny_agent
+
+    out = args.output_dir / "warm_starts" / game
+    record_path = out / "warm_start.json"
+    if record_path.exists():
+        return json.loads(record_path.read_text())
+    path = args.warm_start.get(game)
+    if path is None:
+        tiny = build_tiny_agent(f"twx:{game}", out / "tiny", seed=0)
+        path = str(
+            run_sft(
+                str(tiny),
+                out / "sft",
+                f"twx:{game}",
+                prompt_style=args.prompt_style,
+                noise=args.sft_noise,
+                max_turns=args.max_turns,
+                max_steps=args.sft_steps,
+                seed=0,
+            )
+        )
+    record = {"game": game, "path": str(path), "evaluation": {"step": 0, **evaluate(str(path), game, args)}}
+    out.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def train_one(game: str, method: str, seed: int, start: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from trl_empg import EMPGConfig, EMPGTrainer
 
     run_dir = args.output_dir / "runs" / f"{game}-{method}-seed{seed}"
     config = EMPGConfig(
@@ -50,6 +109,8 @@ def train_one(game: str, method: str, seed: int, args: argparse.Namespace) -> di
         max_turn_tokens=args.max_turn_tokens,
         max_completion_length=args.max_completion_length,
         prompt_style=args.prompt_style,
+        invalid_action_penalty=args.invalid_action_penalty,
+        gradient_checkpointing=args.device != "cpu",
         num_generations=args.num_generations,
         per_device_train_batch_size=args.batch_size,
         max_steps=args.steps,
@@ -64,41 +125,21 @@ def train_one(game: str, method: str, seed: int, args: argparse.Namespace) -> di
         top_p=1.0,
         **METHODS[method],
     )
-    start = time.perf_counter()
-    trainer = EMPGTrainer(args.warm_start, args=config)
+    clock = time.perf_counter()
+    trainer = EMPGTrainer(start["path"], args=config)
     trainer.train()
-    train_seconds = time.perf_counter() - start
-    checkpoints = [(0, args.warm_start)] + [
-        (step, str(run_dir / f"checkpoint-{step}")) for step in range(args.eval_every, args.steps + 1, args.eval_every)
+    train_seconds = time.perf_counter() - clock
+    evaluations = [start["evaluation"]] + [
+        {"step": step, **evaluate(str(run_dir / f"checkpoint-{step}"), game, args)}
+        for step in range(args.eval_every, args.steps + 1, args.eval_every)
     ]
-    evaluations = []
-    for step, path in checkpoints:
-        report = evaluate_agent(
-            path,
-            f"twx:{game}",
-            split="test",
-            num_tasks=args.eval_tasks,
-            seed=0,
-            max_turns=args.max_turns,
-            max_turn_tokens=args.max_turn_tokens,
-            max_completion_tokens=args.max_completion_length,
-            prompt_style=args.prompt_style,
-            batch_size=32,
-        )
-        evaluations.append(
-            {
-                "step": step,
-                "success_rate": report["success_rate"],
-                "ci": report["success_ci"],
-                "mean_steps": report["mean_steps"],
-            }
-        )
     curves = {key: [(e["step"], e[key]) for e in trainer.state.log_history if key in e] for key in CURVES}
     return {
         "game": game,
         "method": method,
         "seed": seed,
-        "train_seconds": train_seconds,
+        "warm_start": start["path"],
+        "train_seconds": round(train_seconds, 1),
         "evaluations": evaluations,
         "curves": curves,
     }
@@ -163,9 +204,27 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> 
     return paths
 
 
+def _warm_start_paths(values: list[str]) -> dict[str, str]:
+    paths = {}
+    for value in values:
+        game, sep, path = value.partition("=")
+        if not sep or not game or not path:
+            raise argparse.ArgumentTypeError(f"--warm-start takes GAME=PATH, got {value!r}")
+        paths[game] = path
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--warm-start", required=True, help="warm-start agent (e.g. the quickstart's sft dir)")
+    parser.add_argument(
+        "--warm-start",
+        nargs="*",
+        default=[],
+        metavar="GAME=PATH",
+        help="a game's warm-start agent (e.g. coin=runs/quickstart/sft); games not named get one built",
+    )
+    parser.add_argument("--sft-steps", type=int, default=200, help="warm-start steps of a built warm start")
+    parser.add_argument("--sft-noise", type=float, default=0.25, help="label noise of a built warm start")
     parser.add_argument("--games", nargs="+", default=["coin", "mapreader"])
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["grpo", "empg", "dapo", "dapo_empg"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -174,30 +233,44 @@ def main() -> None:
     parser.add_argument("--eval-tasks", type=int, default=200)
     parser.add_argument("--train-tasks", type=int, default=1000)
     parser.add_argument("--num-generations", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64, help="episodes per step (a multiple of generations)")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=32, help="episodes per step (a multiple of generations)")
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--beta", type=float, default=0.01, help="KL coefficient (> 0 so that KL is tracked)")
+    parser.add_argument("--invalid-action-penalty", type=float, default=0.1, help="reward per invalid action")
     parser.add_argument("--max-turns", type=int, default=20)
     parser.add_argument("--max-turn-tokens", type=int, default=16)
     parser.add_argument("--max-completion-length", type=int, default=2048)
     parser.add_argument("--prompt-style", default="plain")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/learning"))
+    parser.add_argument(
+        "--aggregate-only", action="store_true", help="train nothing: summarise and plot the run files present"
+    )
     args = parser.parse_args()
     if args.steps % args.eval_every:
         parser.error("--steps must be a multiple of --eval-every")
+    try:
+        args.warm_start = _warm_start_paths(args.warm_start)
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for game in args.games:
-        for seed in args.seeds:
-            for method in args.methods:
-                run = train_one(game, method, seed, args)
-                runs.append(run)
-                (args.output_dir / f"{game}-{method}-seed{seed}.json").write_text(json.dumps(run, indent=2) + "\n")
-                print(json.dumps({k: run[k] for k in ("game", "method", "seed", "evaluations")}), flush=True)
+    if not args.aggregate_only:
+        for game in args.games:
+            start = warm_start(game, args)
+            for seed in args.seeds:
+                for method in args.methods:
+                    path = args.output_dir / f"{game}-{method}-seed{seed}.json"
+                    if path.exists():
+                        continue
+                    run = train_one(game, method, seed, start, args)
+                    path.write_text(json.dumps(run, indent=2) + "\n")
+                    print(json.dumps({k: run[k] for k in ("game", "method", "seed", "evaluations")}), flush=True)
+    runs = [json.loads(p.read_text()) for p in sorted(args.output_dir.glob("*-seed*.json"))]
+    if not runs:
+        parser.error(f"no run files in {args.output_dir}")
     summary = aggregate(runs)
     plots = [str(p) for p in plot(summary, runs, args.output_dir)]
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "aggregate_only"}
     report = {"benchmark": "learning", "settings": settings, "summary": summary, "plots": plots}
     (args.output_dir / "learning.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -183,8 +183,14 @@ def main() -> None:
     parser.add_argument("--prompt-words", type=int, default=32)
     parser.add_argument("--worker-timeout", type=int, default=3600)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/overhead_cpu.json"))
+    parser.add_argument(
+        "--plot-only", action="store_true", help="measure nothing: redraw the PNG of the --output JSON"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plot_only:
+        print(plot(json.loads(args.output.read_text()), args.output.with_suffix(".png")))
+        return
     if args.worker:
         print(json.dumps(_worker(args.worker, args)))
         return
@@ -232,7 +238,7 @@ def main() -> None:
             summary[name]["memory_ratio_vs_" + baseline] = summary[name]["peak_mib"] / summary[baseline]["peak_mib"]
     report = {
         "benchmark": "overhead",
-        "settings": {k: v for k, v in vars(args).items() if k not in ("passthrough", "worker", "output")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("passthrough", "worker", "output", "plot_only")},
         "parameters": runs[args.configs[0]][0]["parameters"],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "targets": {"time_ratio_generation": 1.02, "memory_ratio_generation": 1.05},
@@ -242,6 +248,33 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(json.dumps(summary, indent=2))
+    print(plot(report, args.output.with_suffix(".png")))
+
+
+def plot(report: dict, path: Path) -> Path:
+    """Median step time and peak memory of every configuration, as ratios to its baseline (targets dashed)."""
+    from matplotlib.figure import Figure
+
+    rows = [
+        (name, row[key], row[key.replace("time", "memory")])
+        for name, row in report["summary"].items()
+        for key in row
+        if key.startswith("time_ratio_vs_")
+    ]
+    figure = Figure(figsize=(8, 3.5))
+    axis = figure.subplots()
+    positions = range(len(rows))
+    axis.bar([x - 0.2 for x in positions], [r[1] for r in rows], width=0.4, label="step time ratio")
+    axis.bar([x + 0.2 for x in positions], [r[2] for r in rows], width=0.4, label="peak memory ratio")
+    for value, style in ((report["targets"]["time_ratio_generation"], "--"), (1.0, ":")):
+        axis.axhline(value, color="gray", linestyle=style, linewidth=1)
+    axis.set_xticks(list(positions), [f"{name}\nvs {BASELINE[name]}" for name, *_ in rows], fontsize=8)
+    axis.set_ylabel("EMPG / baseline")
+    axis.set_title(f"EMPG overhead ({report['settings']['device']}, {report['parameters'] / 1e6:.2f}M parameters)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
 
 
 if __name__ == "__main__":

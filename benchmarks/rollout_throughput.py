@@ -24,12 +24,19 @@ from trl_empg.rollout import RolloutSettings, run_episodes
 from trl_empg.tiny import build_tiny_agent
 
 
-def run(env_id: str, episodes: list[int], workers: list[int], agent_dir: Path, settings: RolloutSettings) -> dict:
+def run(
+    env_id: str,
+    env_kwargs: dict,
+    episodes: list[int],
+    workers: list[int],
+    agent_dir: Path,
+    settings: RolloutSettings,
+) -> dict:
     generate = HFPolicy.from_pretrained(str(agent_dir), dtype=torch.float32)
     tokenizer, model = generate.tokenizer, generate.model
     rows = []
     for num_workers in workers:
-        with EnvPool(env_id, num_workers=num_workers) as pool:
+        with EnvPool(env_id, env_kwargs, num_workers=num_workers) as pool:
             pool.reset([(slot, 0, "train") for slot in range(max(episodes))])  # start every env once, untimed
             for n in episodes:
                 tasks = [(seed, "train") for seed in range(n)]
@@ -59,6 +66,8 @@ def run(env_id: str, episodes: list[int], workers: list[int], agent_dir: Path, s
     return {
         "benchmark": "rollout_throughput",
         "env_id": env_id,
+        "env_kwargs": env_kwargs,
+        "agent": str(agent_dir),
         "settings": vars(settings),
         "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads()},
         "model_parameters": sum(p.numel() for p in model.parameters()),
@@ -69,11 +78,14 @@ def run(env_id: str, episodes: list[int], workers: list[int], agent_dir: Path, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env-id", default="twx:coin")
+    parser.add_argument("--env-kwargs", type=json.loads, default={}, help="JSON keyword arguments of the env")
     parser.add_argument("--episodes", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--max-turns", type=int, default=10)
     parser.add_argument("--max-turn-tokens", type=int, default=16)
-    parser.add_argument("--agent-dir", type=Path, default=None, help="tiny agent to use (default: build one)")
+    parser.add_argument(
+        "--agent-dir", type=Path, default=None, help="agent to play (default: build a random tiny one)"
+    )
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/rollout_throughput.json"))
     args = parser.parse_args()
     settings = RolloutSettings(
@@ -83,11 +95,32 @@ def main() -> None:
         prompt_style="plain",
     )
     with tempfile.TemporaryDirectory() as scratch:
-        agent_dir = args.agent_dir or build_tiny_agent(args.env_id, scratch, num_tasks=50)
-        report = run(args.env_id, args.episodes, args.workers, agent_dir, settings)
+        agent_dir = args.agent_dir or build_tiny_agent(args.env_id, scratch, env_kwargs=args.env_kwargs, num_tasks=50)
+        report = run(args.env_id, args.env_kwargs, args.episodes, args.workers, agent_dir, settings)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output} and {plot(report, args.output.with_suffix('.png'))}")
+
+
+def plot(report: dict, path: Path) -> Path:
+    """Episodes per second against parallel episodes, batched and sequential, per env-worker setting."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
+    for workers in sorted({row["env_workers"] for row in report["results"]}):
+        rows = [row for row in report["results"] if row["env_workers"] == workers]
+        x = [row["episodes"] for row in rows]
+        for mode, style in (("batched", "-o"), ("sequential", "--s")):
+            axis.plot(x, [row[mode]["episodes_per_s"] for row in rows], style, label=f"{mode}, env workers {workers}")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("episodes played")
+    axis.set_ylabel("episodes / s")
+    axis.set_title(f"Rollout throughput on {report['env_id']}")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
 
 
 if __name__ == "__main__":

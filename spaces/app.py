@@ -124,6 +124,8 @@ class DemoSettings:
     empg_k: float = 1.0
     empg_k_future: float = 1.0
     empg_zeta: float = 0.1
+    #: The environment's keyword arguments as a JSON object (e.g. TWX game parameters), as in the agent's training.
+    env_kwargs: str = "{}"
 
     def __post_init__(self) -> None:
         # Gradio numbers arrive as floats (or None when a box is cleared): coerce once, here, with a clear message.
@@ -136,6 +138,7 @@ class DemoSettings:
                 raise SpaceError(f"Setting {item.name} must be {noun}, got {value!r}.") from None
         if not self.greedy and self.temperature <= 0:
             raise SpaceError("The temperature must be > 0 (or tick greedy decoding).")
+        self.env_options()
         try:
             self.rollout()
         except ValueError as error:
@@ -149,6 +152,16 @@ class DemoSettings:
             prompt_style=self.prompt_style,
             show_admissible_actions=self.show_admissible_actions,
         )
+
+    def env_options(self) -> dict[str, Any]:
+        """``env_kwargs`` parsed: the keyword arguments every environment of the page is built with."""
+        try:
+            options = json.loads(self.env_kwargs.strip() or "{}")
+        except json.JSONDecodeError as error:
+            raise SpaceError(f"The environment options must be a JSON object: {error}") from None
+        if not isinstance(options, dict):
+            raise SpaceError(f"The environment options must be a JSON object, got {self.env_kwargs!r}.")
+        return options
 
     def sampling(self) -> SamplingSettings:
         return SamplingSettings(do_sample=not self.greedy, temperature=1.0 if self.greedy else self.temperature)
@@ -266,6 +279,8 @@ def checkpoint_defaults(checkpoint: str) -> CheckpointDefaults:
             f"No {RUN_CONFIG_NAME} found: using EMPGConfig's defaults. Set them to the agent's training values.",
         )
     values = {name: training[key] for key, name in _RUN_CONFIG_KEYS.items() if training.get(key) is not None}
+    if isinstance(training.get("env_kwargs"), dict):
+        values["env_kwargs"] = json.dumps(training["env_kwargs"])
     try:
         settings = DemoSettings(**values)
     except SpaceError as error:
@@ -372,12 +387,16 @@ def env_choices() -> list[str]:
     return choices
 
 
+def env_info(env_id: str, options: dict[str, Any] | None = None) -> EnvInfo:
+    """Build ``env_id`` once per set of options to list its test seeds; a missing package or unknown id becomes a
+    :class:`SpaceError`."""
+    return _env_info((env_id or "").strip(), json.dumps(options or {}, sort_keys=True))
+
+
 @lru_cache(maxsize=32)
-def env_info(env_id: str) -> EnvInfo:
-    """Build ``env_id`` once to list its test seeds; a missing package or unknown id becomes a :class:`SpaceError`."""
-    env_id = (env_id or "").strip()
+def _env_info(env_id: str, options: str) -> EnvInfo:
     try:
-        env = make(env_id)
+        env = make(env_id, **json.loads(options))
     except ImportError as error:
         raise SpaceError(f"Missing environment package for {env_id!r}: {_first_line(str(error))}") from error
     except Exception as error:
@@ -394,9 +413,9 @@ def env_info(env_id: str) -> EnvInfo:
     return EnvInfo(seeds, description)
 
 
-def check_seed(env_id: str, seed: int | str | None) -> tuple[EnvInfo, int]:
+def check_seed(env_id: str, seed: int | str | None, options: dict[str, Any] | None = None) -> tuple[EnvInfo, int]:
     """The environment's info and the task seed to play (its first test seed when none is given)."""
-    info = env_info(env_id)
+    info = env_info(env_id, options)
     if seed is None or str(seed).strip() == "":
         return info, info.seeds[0]
     try:
@@ -411,9 +430,9 @@ def check_seed(env_id: str, seed: int | str | None) -> tuple[EnvInfo, int]:
     return info, value
 
 
-def _open_pool(env_id: str) -> EnvPool:
+def _open_pool(env_id: str, options: dict[str, Any] | None = None) -> EnvPool:
     """One env in a worker process: a crash or hang there ends the episode with an error, not the app."""
-    return EnvPool(env_id, num_workers=1, step_timeout=30.0, reset_timeout=120.0)
+    return EnvPool(env_id, options or {}, num_workers=1, step_timeout=30.0, reset_timeout=120.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -469,14 +488,14 @@ def run_episode(checkpoint: str, env_id: str, seed: int | str | None, settings: 
     yield EpisodeView(status=f"Loading {checkpoint or 'the agent'} and {env_id or 'the environment'}...")
     try:
         agent = load_agent(checkpoint)
-        info, seed = check_seed(env_id, seed)
+        info, seed = check_seed(env_id, seed, settings.env_options())
     except SpaceError as error:
         yield EpisodeView(status=f"Error: {error}", finished=True, error=str(error))
         return
     prompts = AgentPrompts(settings.prompt_style, settings.show_admissible_actions, info.description)
     view = EpisodeView(status=f"Playing {env_id} test task {seed}...", max_entropy=agent.max_entropy)
     torch.manual_seed(settings.sampling_seed)
-    pool = _open_pool(env_id)
+    pool = _open_pool(env_id, settings.env_options())
     try:
         turns = iter_episodes(
             pool, [(seed, SPLIT)], agent.tokenizer, agent.generate_fn(settings.sampling()), settings.rollout(), prompts
@@ -695,7 +714,7 @@ class PlaySession:
 
     def __init__(self, checkpoint: str, env_id: str, seed: int | str | None, settings: DemoSettings) -> None:
         self.agent = load_agent(checkpoint)
-        info, self.seed = check_seed(env_id, seed)
+        info, self.seed = check_seed(env_id, seed, settings.env_options())
         self.env_id = env_id
         self.settings = settings
         self.prompts = AgentPrompts(settings.prompt_style, settings.show_admissible_actions, info.description)
@@ -703,7 +722,7 @@ class PlaySession:
         self.done = self.won = False
         self.score = 0.0
         self.error: str | None = None
-        self.pool: EnvPool | None = _open_pool(env_id)
+        self.pool: EnvPool | None = _open_pool(env_id, settings.env_options())
         (result,) = self.pool.reset([(0, self.seed, SPLIT)])
         if result.error is not None:
             self.close()
@@ -827,7 +846,7 @@ def compare_checkpoints(
         count = int(num_tasks)
         if count < 1:
             raise SpaceError("Compare on at least one task.")
-        seeds = list(env_info(env_id).seeds[:count])
+        seeds = list(env_info(env_id, settings.env_options()).seeds[:count])
         reports = []
         for checkpoint in (checkpoint_a, checkpoint_b):
             path = resolve_checkpoint(checkpoint)
@@ -836,6 +855,7 @@ def compare_checkpoints(
                     evaluate_agent(
                         path,
                         env_id,
+                        settings.env_options(),
                         split=SPLIT,
                         seeds=seeds,
                         greedy=settings.greedy,
@@ -1020,6 +1040,11 @@ def build_demo(checkpoints: Sequence[str] = ()) -> gr.Blocks:
                 empg_k = gr.Number(value=defaults.empg_k, label="EMPG k")
                 empg_k_future = gr.Number(value=defaults.empg_k_future, label="EMPG k'")
                 empg_zeta = gr.Number(value=defaults.empg_zeta, label="EMPG zeta")
+            env_kwargs = gr.Textbox(
+                value=defaults.env_kwargs,
+                label="environment options (JSON keyword arguments, e.g. TextWorldExpress game parameters)",
+                elem_id="env-kwargs",
+            )
         settings = [
             prompt_style,
             show_admissible,
@@ -1032,6 +1057,7 @@ def build_demo(checkpoints: Sequence[str] = ()) -> gr.Blocks:
             empg_k,
             empg_k_future,
             empg_zeta,
+            env_kwargs,
         ]
 
         with gr.Tab("Watch the agent"):
@@ -1056,10 +1082,11 @@ def build_demo(checkpoints: Sequence[str] = ()) -> gr.Blocks:
                 "Both agents play the same first N test tasks with the settings above (A: the checkpoint above)."
             )
             with gr.Row():
-                quickstart = [value for value in values if value != BUILTIN_TINY]
+                # B defaults to another trained agent than A (with the quickstart's: A EMPG, B its warm start).
+                others = [value for value in values[1:] if value != BUILTIN_TINY]
                 checkpoint_b = gr.Dropdown(
                     checkpoint_menu,
-                    value=quickstart[0] if quickstart else values[0],
+                    value=others[0] if others else values[0],
                     allow_custom_value=True,
                     label="Checkpoint B",
                     scale=3,
@@ -1067,7 +1094,7 @@ def build_demo(checkpoints: Sequence[str] = ()) -> gr.Blocks:
                 num_tasks = gr.Number(value=5, precision=0, minimum=1, label="number of test tasks", scale=1)
             compare_button = gr.Button("Compare", variant="primary", elem_id="compare")
             compare_summary = gr.Markdown(elem_id="compare-summary")
-            compare_table = gr.Dataframe(label="Per task", interactive=False)
+            compare_table = gr.Dataframe(label="Per task", interactive=False, elem_id="compare-table")
 
         play_outputs = [session, play_status, observation, suggestion, actions, history]
         checkpoint.change(on_checkpoint_change, checkpoint, [checkpoint_note, env, *settings])

@@ -30,3 +30,18 @@ def tiny_model(tiny_tokenizer):
     from trl_empg.tiny import build_tiny_model
 
     return build_tiny_model(tiny_tokenizer, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+
+
+@pytest.fixture(scope="session")
+def twx_agent_dir(tmp_path_factory):
+    """A randomly initialised tiny agent whose tokenizer is trained on twx:coin's own text (shared, read-only)."""
+    from trl_empg.tiny import build_tiny_agent
+
+    return build_tiny_agent(
+        "twx:coin",
+        tmp_path_factory.mktemp("twx-agent"),
+        num_tasks=20,
+        vocab_size=600,
+        hidden_size=32,
+        intermediate_size=64,
+    )

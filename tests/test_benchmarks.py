@@ -53,6 +53,7 @@ def test_overhead_script(tmp_path):
     assert set(summary) == {"grpo", "empg_generation", "empg_forward"}
     assert summary["empg_generation"]["entropy_source"] == "generation"
     assert summary["empg_forward"]["time_ratio_vs_grpo"] > 0 and summary["grpo"]["peak_mib"] > 0
+    assert output.with_suffix(".png").stat().st_size > 1000
 
 
 @pytest.mark.slow
@@ -75,6 +76,7 @@ def test_rollout_throughput_script(tmp_path):
     rows = json.loads(output.read_text())["results"]
     assert [row["episodes"] for row in rows] == [1, 2]
     assert all(row["batched"]["episodes_per_s"] > 0 and row["speedup_episodes_per_s"] > 0 for row in rows)
+    assert output.with_suffix(".png").stat().st_size > 1000
 
 
 @pytest.mark.slow
@@ -87,7 +89,7 @@ def test_learning_script(tmp_path):
         [
             "benchmarks/learning.py",
             "--warm-start",
-            str(agent),
+            f"coin={agent}",
             "--games",
             "coin",
             "--methods",
@@ -119,3 +121,5 @@ def test_learning_script(tmp_path):
     assert set(report["summary"]) == {"coin/grpo", "coin/empg"}
     assert set(report["summary"]["coin/empg"]) == {"0", "1"}  # the warm start and the one checkpoint
     assert all(Path(p).exists() for p in report["plots"])
+    run = json.loads((output_dir / "coin-empg-seed0.json").read_text())
+    assert run["warm_start"] == str(agent) and [e["step"] for e in run["evaluations"]] == [0, 1]

@@ -10,23 +10,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trl_empg.tiny import build_tiny_agent, env_corpus
+from trl_empg.tiny import env_corpus
 from trl_empg.train import load_callable, main, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)  # training recipes
-
-
-@pytest.fixture(scope="module")
-def tiny_agent_dir(tmp_path_factory):
-    return build_tiny_agent(
-        "twx:coin",
-        tmp_path_factory.mktemp("agent"),
-        num_tasks=20,
-        vocab_size=600,
-        hidden_size=32,
-        intermediate_size=64,
-    )
 
 
 def test_tiny_agent_reloads_with_identical_ids(tmp_path):
@@ -71,7 +59,7 @@ def test_cli_flags_override_yaml_and_bad_keys_fail(tmp_path, monkeypatch):
         load_callable("no_colon")
 
 
-def test_recipe_trains_end_to_end_on_twx(tmp_path, tiny_agent_dir):
+def test_recipe_trains_end_to_end_on_twx(tmp_path, twx_agent_dir):
     output_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -80,7 +68,7 @@ def test_recipe_trains_end_to_end_on_twx(tmp_path, tiny_agent_dir):
         "--config",
         str(REPO / "recipes" / "quickstart.yaml"),
         "--model_name_or_path",
-        str(tiny_agent_dir),
+        str(twx_agent_dir),
         "--output_dir",
         str(output_dir),
         "--max_steps",
@@ -98,7 +86,7 @@ def test_recipe_trains_end_to_end_on_twx(tmp_path, tiny_agent_dir):
     assert "empg/g/mean" in result.stdout + result.stderr
 
 
-def test_resume_continues_step_count_and_optimizer_state(tmp_path, tiny_agent_dir):
+def test_resume_continues_step_count_and_optimizer_state(tmp_path, twx_agent_dir):
     import torch
     from transformers import TrainerCallback
 
@@ -125,7 +113,7 @@ def test_resume_continues_step_count_and_optimizer_state(tmp_path, tiny_agent_di
             seed=0,
         )
 
-    EMPGTrainer(str(tiny_agent_dir), args=config(2)).train()
+    EMPGTrainer(str(twx_agent_dir), args=config(2)).train()
     checkpoint = tmp_path / "run" / "checkpoint-1"
     saved = torch.load(checkpoint / "optimizer.pt", weights_only=False)["state"]
 
@@ -139,7 +127,7 @@ def test_resume_continues_step_count_and_optimizer_state(tmp_path, tiny_agent_di
                     k: {n: v.clone() for n, v in s.items()} for k, s in optimizer.state_dict()["state"].items()
                 }
 
-    resumed = EMPGTrainer(str(tiny_agent_dir), args=config(3), callbacks=[FirstStep()])
+    resumed = EMPGTrainer(str(twx_agent_dir), args=config(3), callbacks=[FirstStep()])
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert seen["step"] == 1 and resumed.state.global_step == 3
     assert saved.keys() == seen["state"].keys()
@@ -148,13 +136,13 @@ def test_resume_continues_step_count_and_optimizer_state(tmp_path, tiny_agent_di
             torch.testing.assert_close(seen["state"][key][name], tensor)
 
 
-def test_cli_resume_from_checkpoint_flag(tmp_path, tiny_agent_dir):
+def test_cli_resume_from_checkpoint_flag(tmp_path, twx_agent_dir):
     output_dir = tmp_path / "cli"
     common = [
         "--config",
         str(REPO / "recipes" / "quickstart.yaml"),
         "--model_name_or_path",
-        str(tiny_agent_dir),
+        str(twx_agent_dir),
         "--output_dir",
         str(output_dir),
         "--per_device_train_batch_size",
@@ -174,7 +162,7 @@ def test_cli_resume_from_checkpoint_flag(tmp_path, tiny_agent_dir):
     assert state["global_step"] == 2
 
 
-def test_push_without_a_token_fails_before_training(tmp_path, tiny_agent_dir, monkeypatch):
+def test_push_without_a_token_fails_before_training(tmp_path, twx_agent_dir, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("trl_empg.hub.get_token", lambda: None)
     monkeypatch.setattr("trl_empg.trainer.EMPGTrainer.__init__", lambda *a, **k: pytest.fail("trainer was built"))
@@ -184,7 +172,7 @@ def test_push_without_a_token_fails_before_training(tmp_path, tiny_agent_dir, mo
                 "--config",
                 str(REPO / "recipes" / "quickstart.yaml"),
                 "--model_name_or_path",
-                str(tiny_agent_dir),
+                str(twx_agent_dir),
                 "--output_dir",
                 str(tmp_path),
                 "--push_to_hub",
@@ -202,7 +190,7 @@ def test_dry_run_keeps_hyperparameters_and_hides_tokens(capsys, monkeypatch):
     assert "hf_secretsecret" not in out
 
 
-def test_push_uploads_through_the_allow_list_and_never_stores_the_token(tmp_path, tiny_agent_dir, monkeypatch):
+def test_push_uploads_through_the_allow_list_and_never_stores_the_token(tmp_path, twx_agent_dir, monkeypatch):
     token = "hf_" + "q" * 32
     monkeypatch.setenv("HF_TOKEN", token)
     calls = []
@@ -213,7 +201,7 @@ def test_push_uploads_through_the_allow_list_and_never_stores_the_token(tmp_path
             "--config",
             str(REPO / "recipes" / "quickstart.yaml"),
             "--model_name_or_path",
-            str(tiny_agent_dir),
+            str(twx_agent_dir),
             "--output_dir",
             str(output_dir),
             "--max_steps",

@@ -16,7 +16,6 @@ import pytest
 from trl_empg.cli import main
 from trl_empg.evaluation import METRIC_PATH, evaluate_agent, load_metric, step_entropies
 from trl_empg.rollout import Episode
-from trl_empg.tiny import build_tiny_agent
 
 Z95 = 1.959963984540054  # the 97.5% standard normal quantile
 
@@ -40,20 +39,8 @@ def metric():
 
 
 @pytest.fixture(scope="module")
-def agent_dir(tmp_path_factory):
-    return build_tiny_agent(
-        "twx:coin",
-        tmp_path_factory.mktemp("agent"),
-        num_tasks=20,
-        vocab_size=600,
-        hidden_size=32,
-        intermediate_size=64,
-    )
-
-
-@pytest.fixture(scope="module")
-def report(agent_dir):
-    return evaluate_agent(str(agent_dir), "twx:coin", **EVAL_KWARGS)
+def report(twx_agent_dir):
+    return evaluate_agent(str(twx_agent_dir), "twx:coin", **EVAL_KWARGS)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -228,16 +215,16 @@ def test_report_is_consistent_with_its_episodes(report):
         assert task["num_episodes"] == 2
 
 
-def test_same_seed_gives_the_same_report(agent_dir, report):
-    again = evaluate_agent(str(agent_dir), "twx:coin", **EVAL_KWARGS)
+def test_same_seed_gives_the_same_report(twx_agent_dir, report):
+    again = evaluate_agent(str(twx_agent_dir), "twx:coin", **EVAL_KWARGS)
     assert {**again, "elapsed_s": 0} == {**report, "elapsed_s": 0}
-    other = evaluate_agent(str(agent_dir), "twx:coin", **{**EVAL_KWARGS, "seed": 1})
+    other = evaluate_agent(str(twx_agent_dir), "twx:coin", **{**EVAL_KWARGS, "seed": 1})
     assert [e["actions"] for e in other["episodes"]] != [e["actions"] for e in report["episodes"]]
 
 
-def test_explicit_seeds_must_belong_to_the_split(agent_dir):
+def test_explicit_seeds_must_belong_to_the_split(twx_agent_dir):
     with pytest.raises(ValueError, match=r"not test seeds of twx:coin"):
-        evaluate_agent(str(agent_dir), "twx:coin", seeds=[0], max_turns=1, max_turn_tokens=2)
+        evaluate_agent(str(twx_agent_dir), "twx:coin", seeds=[0], max_turns=1, max_turn_tokens=2)
 
 
 @pytest.mark.parametrize("bad", ["/no/such/agent/dir", "./no-such-agent", "runs/x/no-such-checkpoint"])
@@ -265,14 +252,14 @@ def test_unknown_hub_id_fails_with_a_message_naming_it(monkeypatch):
 # The CLI
 
 
-def test_eval_cli_writes_the_report_and_plot(agent_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(agent_dir.parent)  # a relative local path goes through the same loader
+def test_eval_cli_writes_the_report_and_plot(twx_agent_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(twx_agent_dir.parent)  # a relative local path goes through the same loader
     output = tmp_path / "out" / "report.json"
     main(
         [
             "eval",
             "--model",
-            f"./{agent_dir.name}",
+            f"./{twx_agent_dir.name}",
             "--env-id",
             "twx:coin",
             "--env-kwargs",
@@ -296,7 +283,7 @@ def test_eval_cli_writes_the_report_and_plot(agent_dir, tmp_path, capsys, monkey
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "success 0.000 [0.000, " in lines[0] and "95% Wilson CI" in lines[0]
     written = json.loads(output.read_text())
-    assert written["num_episodes"] == 2 and written["model"] == f"./{agent_dir.name}"
+    assert written["num_episodes"] == 2 and written["model"] == f"./{twx_agent_dir.name}"
     assert written["settings"]["greedy"] is True and written["settings"]["temperature"] is None
     assert written["settings"]["env_kwargs"] == {"max_steps": 10}
     plot = output.with_name("report_step_entropy.png")

@@ -19,7 +19,6 @@ from huggingface_hub import HfApi, ModelCard
 from trl_empg import hub
 from trl_empg.cards import hub_model_id, method_name, redact, render_model_card
 from trl_empg.hub import RUN_CONFIG_NAME, push_run, require_hub_token, save_run_config, upload_plan
-from trl_empg.tiny import build_tiny_agent
 from trl_empg.train import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,33 +42,21 @@ def _report(model: str, split: str = "test", success: float = 0.5) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def agent_dir(tmp_path_factory):
-    return build_tiny_agent(
-        "twx:coin",
-        tmp_path_factory.mktemp("agent"),
-        num_tasks=20,
-        vocab_size=600,
-        hidden_size=32,
-        intermediate_size=64,
-    )
-
-
 @pytest.fixture
-def run_dir(tmp_path, agent_dir, monkeypatch):
+def run_dir(tmp_path, twx_agent_dir, monkeypatch):
     """A training output directory as train.py leaves it, plus the files a push must never upload."""
     monkeypatch.chdir(REPO)
     run = tmp_path / "run"
     run.mkdir()
-    for path in agent_dir.iterdir():
+    for path in twx_agent_dir.iterdir():
         (run / path.name).write_bytes(path.read_bytes())
     script, training, model = parse_args(
-        ["--config", "recipes/quickstart.yaml", "--model_name_or_path", str(agent_dir), "--output_dir", str(run)]
+        ["--config", "recipes/quickstart.yaml", "--model_name_or_path", str(twx_agent_dir), "--output_dir", str(run)]
     )
     training.hub_token = TOKEN  # must never reach the card or run_config.json
     save_run_config(run, script, training, model)
     (run / "training_args.bin").write_bytes(b"pickled args holding " + TOKEN.encode())
-    (run / "README.md").write_text(f"---\nbase_model: {agent_dir}\n---\nTRL's generic card\n")
+    (run / "README.md").write_text(f"---\nbase_model: {twx_agent_dir}\n---\nTRL's generic card\n")
     (run / "train.log").write_text("log\n")
     (run / "eval_test.json").write_text(json.dumps(_report(str(run))))
     (run / "eval_results.json").write_text(json.dumps({"eval_loss": 1.0}))  # Trainer metrics: not a report

@@ -187,20 +187,6 @@ def test_gpu_recipes_match_their_launcher(path, monkeypatch):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_agent_dir(tmp_path_factory):
-    from trl_empg.tiny import build_tiny_agent
-
-    return build_tiny_agent(
-        "twx:coin",
-        tmp_path_factory.mktemp("agent"),
-        num_tasks=20,
-        vocab_size=600,
-        hidden_size=32,
-        intermediate_size=64,
-    )
-
-
 def _run_with_hard_timeout(command: list[str], timeout: float) -> tuple[int | None, str]:
     """Run in a new process group; on timeout kill the whole group (launchers leave children behind otherwise)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -236,10 +222,10 @@ def _quickstart_overrides(agent: Path, output_dir: Path, per_device: int, num_ge
 
 
 @pytest.mark.slow
-def test_accelerate_launch_with_the_cpu_config(tmp_path, tiny_agent_dir):
+def test_accelerate_launch_with_the_cpu_config(tmp_path, twx_agent_dir):
     output_dir = tmp_path / "run"
     command = [str(BIN / "accelerate"), "launch", "--config_file", "recipes/accelerate/cpu.yaml", "-m"]
-    command += ["trl_empg.train", *_quickstart_overrides(tiny_agent_dir, output_dir, per_device=4, num_generations=2)]
+    command += ["trl_empg.train", *_quickstart_overrides(twx_agent_dir, output_dir, per_device=4, num_generations=2)]
     returncode, output = _run_with_hard_timeout(command, timeout=600)
     assert returncode == 0, output[-3000:]
     assert (output_dir / "model.safetensors").is_file()
@@ -253,14 +239,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_through_torchrun(tmp_path, tiny_agent_dir):
+def test_two_gloo_processes_through_torchrun(tmp_path, twx_agent_dir):
     # accelerate's MULTI_CPU config would silently run one process; torchrun starts two (gloo on CPU). They sometimes
     # hang or crash at exit on a small box, so the verdict is the saved model, not the exit code. Two episodes per
     # process and groups of four: TRL accepts that only when two processes together hold whole groups, so a run that
     # silently fell back to one process fails at config time and saves nothing.
     output_dir = tmp_path / "run"
     command = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m"]
-    command += ["trl_empg.train", *_quickstart_overrides(tiny_agent_dir, output_dir, per_device=2, num_generations=4)]
+    command += ["trl_empg.train", *_quickstart_overrides(twx_agent_dir, output_dir, per_device=2, num_generations=4)]
     returncode, output = _run_with_hard_timeout(command, timeout=600)
     assert (output_dir / "model.safetensors").is_file(), f"exit {returncode}:\n{output[-3000:]}"
     assert "empg/g/mean" in output

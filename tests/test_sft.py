@@ -215,6 +215,8 @@ def test_short_sft_run_lowers_loss_and_teaches_valid_actions(
     losses = [entry["loss"] for entry in history if "loss" in entry]
     assert len(losses) == 8 and losses[-1] < 0.1 * losses[0], losses
     assert AutoTokenizer.from_pretrained(path).chat_template == qwen2_5_chat_template
+    taught = json.loads((path / "run_config.json").read_text())["training"]
+    assert (taught["env_id"], taught["prompt_style"], taught["max_turns"]) == (ENV, "plain", 4)
     torch.manual_seed(0)
     after = invalid_action_rate(HFPolicy.from_pretrained(str(path)), coin_pool, test_seeds, description)
     assert before > 0.95 and after < 0.8, (before, after)  # measured: 1.0 before, 0.45-0.75 after

@@ -276,6 +276,20 @@ def test_crashed_environment_gives_a_message_and_the_app_goes_on():
     assert last.error is None and last.steps
 
 
+def test_environment_options_reach_the_environment():
+    doorless = app.DemoSettings(**{**vars(SETTINGS), "env_kwargs": '{"game_params": {"includeDoors": 0}}'})
+    views = list(app.run_episode(app.BUILTIN_TINY, ENV_ID, TEST_SEED, doorless))
+    assert views[-1].error is None and views[-1].steps
+    assert "door" not in views[-1].steps[0].observation.lower()
+    with_doors = list(app.run_episode(app.BUILTIN_TINY, ENV_ID, TEST_SEED, SETTINGS))
+    assert "door" in with_doors[-1].steps[0].observation.lower()
+    for bad, message in (("[1]", "must be a JSON object, got"), ("{", "must be a JSON object:")):
+        with pytest.raises(app.SpaceError, match=message):
+            app.DemoSettings(env_kwargs=bad)
+    views = list(app.run_episode(app.BUILTIN_TINY, ENV_ID, TEST_SEED, app.DemoSettings(env_kwargs='{"bogus": 1}')))
+    assert views[-1].error and "Cannot create the environment" in views[-1].error
+
+
 def test_bad_settings_give_messages():
     status, page, plot = next(app.watch_episode(app.BUILTIN_TINY, ENV_ID, None, *SETTINGS.values()[:2], None))
     assert (
@@ -301,12 +315,16 @@ def test_checkpoint_defaults_follow_the_run_config(tmp_path, monkeypatch):
     (run / "config.json").write_text("{}")
     assert app.checkpoint_defaults(str(run)).settings == app.DemoSettings()
     training = {"prompt_style": "plain", "max_turns": 6, "max_completion_length": 300, "empg_zeta": 0.05}
-    (run / "run_config.json").write_text(json.dumps({"training": {**training, "env_id": "twx:twc"}}))
+    options = {"game_params": {"includeDoors": 0}}
+    (run / "run_config.json").write_text(
+        json.dumps({"training": {**training, "env_id": "twx:twc", "env_kwargs": options}})
+    )
     defaults = app.checkpoint_defaults(str(run))
     assert defaults.env_id == "twx:twc" and "run_config.json" in defaults.note
     assert defaults.settings == app.DemoSettings(
-        prompt_style="plain", max_turns=6, max_completion_tokens=300, empg_zeta=0.05
+        prompt_style="plain", max_turns=6, max_completion_tokens=300, empg_zeta=0.05, env_kwargs=json.dumps(options)
     )
+    assert defaults.settings.env_options() == options
 
     monkeypatch.chdir(tmp_path)
     menu = app.available_checkpoints(["someone/agent"])

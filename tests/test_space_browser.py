@@ -1,7 +1,8 @@
 """The Gradio Space in a real browser: Debian's chromium, headless, driven by selenium through the system chromedriver.
 
 ``python spaces/app.py`` is started as a user would start it (its default bind address, a free port), the page is
-opened, an episode is run and its rendered turns are checked; then a game is played from the "Play yourself" tab.
+opened, an episode is run and its rendered turns are checked; then a game is played from the "Play yourself" tab and
+two checkpoints are compared on the same test tasks.
 A screenshot of the episode goes to the test's tmp dir, and to ``spaces/screenshots/demo.png`` (the README shows it)
 when ``TRL_EMPG_UPDATE_SCREENSHOT=1`` is set, so that a test run never edits tracked files.
 Skipped only when the chromium or chromedriver binaries are absent (CI installs them where it can).
@@ -171,3 +172,13 @@ def test_browser_runs_an_episode_and_plays(app_url, browser, tmp_path):
     assert action in move.find_element(By.CSS_SELECTOR, "td.action").text
     assert ENTROPY_TEXT.fullmatch(move.find_element(By.CSS_SELECTOR, "td.entropy").text)
     assert "move 2" in _text_of(browser, "#play-status")
+
+    # Compare: both checkpoints play the same first test tasks; a summary line per agent and a per-task table.
+    browser.find_element(By.XPATH, "//button[@role='tab'][normalize-space()='Compare checkpoints']").click()
+    wait.until(conditions.element_to_be_clickable((By.CSS_SELECTOR, "#compare"))).click()
+    summary = wait.until(
+        lambda driver: (text := _text_of(driver, "#compare-summary")) and re.search("success|Error", text) and text
+    )
+    assert not summary.startswith("Error:"), summary
+    assert summary.count("success") == 2, summary
+    assert browser.find_elements(By.CSS_SELECTOR, "#compare-table tbody tr"), "no per-task rows"

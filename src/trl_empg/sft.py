@@ -35,6 +35,7 @@ from typing import Any
 from datasets import Dataset
 
 from .envs import make
+from .hub import RUN_CONFIG_NAME
 from .rollout import PROMPT_STYLES, AgentPrompts
 
 __all__ = ["format_reply", "gold_conversations", "register_cli", "run_sft", "sft_trainer"]
@@ -228,7 +229,9 @@ def run_sft(
     The defaults suit the offline tiny agents (randomly initialised, hence the high learning rate); use ~1e-5 for
     pretrained models. The prompt style, ``show_admissible_actions`` and ``max_turns`` must match the RL run's, which
     shows the agent the same texts. Saves model, tokenizer and ``trainer_state.json`` (the loss history) to
-    ``output_dir`` and returns it; fails if the saved tokenizer's chat template is not the one it was given.
+    ``output_dir`` and returns it; fails if the saved tokenizer's chat template is not the one it was given. Also
+    writes ``run_config.json`` with the environment and prompt settings the agent was taught, which ``eval``-style
+    consumers (the demo Space) read to play the agent the way it was trained.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -266,6 +269,22 @@ def run_sft(
     trainer.save_model(str(output_dir))
     trainer.save_state()
     tokenizer.save_pretrained(output_dir)
+    warm_start_config = {
+        "script": {"stage": "sft", "noise": noise, "num_tasks": num_tasks},
+        "training": {
+            "env_id": env_id,
+            "env_kwargs": dict(env_kwargs or {}),
+            "prompt_style": prompt_style,
+            "show_admissible_actions": show_admissible_actions,
+            "max_turns": max_turns,
+            "max_steps": max_steps,
+            "learning_rate": learning_rate,
+            "per_device_train_batch_size": per_device_train_batch_size,
+            "seed": seed,
+        },
+        "model": {"model_name_or_path": model_name_or_path},
+    }
+    (output_dir / RUN_CONFIG_NAME).write_text(json.dumps(warm_start_config, indent=2, sort_keys=True) + "\n")
     saved = AutoTokenizer.from_pretrained(output_dir).chat_template
     if saved != chat_template:
         raise RuntimeError(
