@@ -12,7 +12,10 @@ are kept as ``GAME-METHOD-seedN.json`` and skipped when the script is run again,
 several invocations (``--aggregate-only`` then rebuilds the summary and plots from every run file present).
 
     python benchmarks/learning.py --games coin mapreader --methods grpo empg dapo dapo_empg --seeds 0 1 2 \
-        --steps 40 --eval-every 10 --eval-tasks 200
+        --warm-start coin=runs/quickstart/sft --env-kwargs coin='{"game_params": {"includeDoors": 0}}'
+
+The defaults are the quickstart recipe's (4 tasks x 8 episodes per step, 20 steps, learning rate 1e-3 with 2 warm-up
+steps, invalid-action penalty 0.1), plus a KL coefficient of 0.01 so that TRL computes and logs the KL.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def evaluate(path: str, game: str, args: argparse.Namespace) -> dict[str, Any]:
     report = evaluate_agent(
         path,
         f"twx:{game}",
+        args.env_kwargs.get(game),
         split="test",
         num_tasks=args.eval_tasks,
         seed=0,
@@ -75,12 +79,13 @@ def warm_start(game: str, args: argparse.Namespace) -> dict[str, Any]:
         return json.loads(record_path.read_text())
     path = args.warm_start.get(game)
     if path is None:
-        tiny = build_tiny_agent(f"twx:{game}", out / "tiny", seed=0)
+        tiny = build_tiny_agent(f"twx:{game}", out / "tiny", env_kwargs=args.env_kwargs.get(game), seed=0)
         path = str(
             run_sft(
                 str(tiny),
                 out / "sft",
                 f"twx:{game}",
+                args.env_kwargs.get(game),
                 prompt_style=args.prompt_style,
                 noise=args.sft_noise,
                 max_turns=args.max_turns,
@@ -104,6 +109,7 @@ def train_one(game: str, method: str, seed: int, start: dict[str, Any], args: ar
         bf16=args.device != "cpu",
         report_to="none",
         env_id=f"twx:{game}",
+        env_kwargs=args.env_kwargs.get(game) or {},
         env_num_tasks=args.train_tasks,
         max_turns=args.max_turns,
         max_turn_tokens=args.max_turn_tokens,
@@ -115,6 +121,7 @@ def train_one(game: str, method: str, seed: int, start: dict[str, Any], args: ar
         per_device_train_batch_size=args.batch_size,
         max_steps=args.steps,
         learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
         beta=args.beta,
         save_strategy="steps",
         save_steps=args.eval_every,
@@ -204,14 +211,14 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> 
     return paths
 
 
-def _warm_start_paths(values: list[str]) -> dict[str, str]:
-    paths = {}
+def _per_game(values: list[str], flag: str) -> dict[str, str]:
+    per_game = {}
     for value in values:
-        game, sep, path = value.partition("=")
-        if not sep or not game or not path:
-            raise argparse.ArgumentTypeError(f"--warm-start takes GAME=PATH, got {value!r}")
-        paths[game] = path
-    return paths
+        game, sep, item = value.partition("=")
+        if not sep or not game or not item:
+            raise argparse.ArgumentTypeError(f"{flag} takes GAME=VALUE, got {value!r}")
+        per_game[game] = item
+    return per_game
 
 
 def main() -> None:
@@ -223,20 +230,30 @@ def main() -> None:
         metavar="GAME=PATH",
         help="a game's warm-start agent (e.g. coin=runs/quickstart/sft); games not named get one built",
     )
+    parser.add_argument(
+        "--env-kwargs",
+        nargs="*",
+        default=[],
+        metavar="GAME=JSON",
+        help='a game\'s environment keyword arguments, e.g. coin=\'{"game_params": {"includeDoors": 0}}\'',
+    )
     parser.add_argument("--sft-steps", type=int, default=200, help="warm-start steps of a built warm start")
     parser.add_argument("--sft-noise", type=float, default=0.25, help="label noise of a built warm start")
     parser.add_argument("--games", nargs="+", default=["coin", "mapreader"])
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["grpo", "empg", "dapo", "dapo_empg"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-tasks", type=int, default=200)
     parser.add_argument("--train-tasks", type=int, default=1000)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32, help="episodes per step (a multiple of generations)")
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=2)
     parser.add_argument("--beta", type=float, default=0.01, help="KL coefficient (> 0 so that KL is tracked)")
-    parser.add_argument("--invalid-action-penalty", type=float, default=0.1, help="reward per invalid action")
+    parser.add_argument(
+        "--invalid-action-penalty", type=float, default=0.1, help="subtracted from the reward per invalid action"
+    )
     parser.add_argument("--max-turns", type=int, default=20)
     parser.add_argument("--max-turn-tokens", type=int, default=16)
     parser.add_argument("--max-completion-length", type=int, default=2048)
@@ -250,8 +267,9 @@ def main() -> None:
     if args.steps % args.eval_every:
         parser.error("--steps must be a multiple of --eval-every")
     try:
-        args.warm_start = _warm_start_paths(args.warm_start)
-    except argparse.ArgumentTypeError as error:
+        args.warm_start = _per_game(args.warm_start, "--warm-start")
+        args.env_kwargs = {game: json.loads(text) for game, text in _per_game(args.env_kwargs, "--env-kwargs").items()}
+    except (argparse.ArgumentTypeError, json.JSONDecodeError) as error:
         parser.error(str(error))
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if not args.aggregate_only:

@@ -250,12 +250,12 @@ def test_bad_inputs_give_messages(checkpoint, env_id, seed, message):
 
 def test_missing_environment_package_gives_a_message(monkeypatch):
     monkeypatch.setitem(ENV_FAMILIES, "scienceworld", ("trl_empg.envs.no_such_adapter", "Env", "scienceworld", True))
-    app.env_info.cache_clear()
+    app._env_info.cache_clear()
     try:
         status, seeds = app.on_env_change("scienceworld:boil")
         *_, last = app.run_episode(app.BUILTIN_TINY, "scienceworld:boil", None, SETTINGS)
     finally:
-        app.env_info.cache_clear()
+        app._env_info.cache_clear()
     assert status.startswith("Error: Missing environment package for 'scienceworld:boil'")
     assert "pip install" in status and seeds["choices"] == []
     assert last.error.startswith("Missing environment package")
