@@ -15,7 +15,8 @@ several invocations (``--aggregate-only`` then rebuilds the summary and plots fr
         --warm-start coin=runs/quickstart/sft --env-kwargs coin='{"game_params": {"includeDoors": 0}}'
 
 The defaults are the quickstart recipe's (4 tasks x 8 episodes per step, 20 steps, learning rate 1e-3 with 2 warm-up
-steps, invalid-action penalty 0.1), plus a KL coefficient of 0.01 so that TRL computes and logs the KL.
+steps, invalid-action penalty 0.1), plus a KL coefficient of 0.01 so that TRL computes and logs the KL. GRPO methods
+use GRPO's per-episode loss normalisation (``loss_type: grpo``), DAPO methods DAPO's token-level one with clip-higher.
 """
 
 from __future__ import annotations
@@ -27,18 +28,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: EMPGConfig overrides per method; every method shares the same rollout and optimisation settings.
+#: EMPGConfig overrides per method; every method shares the same rollout and optimisation settings. GRPO-based
+#: methods set ``loss_type: grpo`` explicitly: TRL's default loss is DAPO's token-level one.
+GRPO = {"loss_type": "grpo"}
+DAPO = {"loss_type": "dapo", "epsilon_high": 0.28}
 METHODS: dict[str, dict[str, Any]] = {
-    "grpo": {"modulation": "none"},
-    "empg": {"modulation": "empg"},
-    "dapo": {"modulation": "none", "loss_type": "dapo", "epsilon_high": 0.28},
-    "dapo_empg": {"modulation": "empg", "loss_type": "dapo", "epsilon_high": 0.28},
-    "empg_scale_only": {"modulation": "empg", "empg_zeta": 0.0},
-    "empg_bonus_only": {"modulation": "empg", "empg_k": 0.0},
-    "aem": {"modulation": "aem"},
-    "aepo": {"modulation": "none", "aepo_clip": True, "aepo_entropy_advantage": True, "epsilon_high": 0.28},
-    "aepo_rollout": {"modulation": "none", "aepo_rollout": True},
-    "epo": {"modulation": "none", "epo": True},
+    "grpo": {**GRPO, "modulation": "none"},
+    "empg": {**GRPO, "modulation": "empg"},
+    "dapo": {**DAPO, "modulation": "none"},
+    "dapo_empg": {**DAPO, "modulation": "empg"},
+    "empg_scale_only": {**GRPO, "modulation": "empg", "empg_zeta": 0.0},
+    "empg_bonus_only": {**GRPO, "modulation": "empg", "empg_k": 0.0},
+    "aem": {**GRPO, "modulation": "aem"},
+    "aepo": {**GRPO, "modulation": "none", "aepo_clip": True, "aepo_entropy_advantage": True, "epsilon_high": 0.28},
+    "aepo_rollout": {**GRPO, "modulation": "none", "aepo_rollout": True},
+    "epo": {**GRPO, "modulation": "none", "epo": True},
 }
 CURVES = ("env/success_rate", "reward", "kl", "empg/step_entropy/mean", "entropy")
 

@@ -40,6 +40,7 @@ CHROMIUM_FLAGS = (
 )
 ENTROPY_TEXT = re.compile(r"H = \d+\.\d{3} · conf \d\.\d{2}")
 FINISHED = ("Won in", "Lost after", "Not solved", "Error:")
+SEED = "20004"
 
 
 def _free_port() -> int:
@@ -126,6 +127,7 @@ def _text_of(driver, selector: str) -> str:
 @pytest.mark.slow
 def test_browser_runs_an_episode_and_plays(app_url, browser, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -133,6 +135,13 @@ def test_browser_runs_an_episode_and_plays(app_url, browser, tmp_path):
     wait = WebDriverWait(browser, 300, poll_frequency=0.5)
     # The page loads the environment's seeds on load; wait for them so the run plays the chosen task.
     wait.until(lambda driver: "held-out test tasks" in _text_of(driver, "#env-note"))
+    # Type a task seed into the seed box (one whose episodes take several turns), as a person would.
+    seed_box = browser.find_element(By.CSS_SELECTOR, "input[aria-label^='Task seed']")
+    seed_box.click()
+    seed_box.send_keys(Keys.CONTROL, "a")
+    seed_box.send_keys(SEED, Keys.ENTER)
+    browser.find_element(By.CSS_SELECTOR, "h1").click()
+    wait.until(lambda driver: seed_box.get_attribute("value") == SEED)
     wait.until(conditions.element_to_be_clickable((By.CSS_SELECTOR, "#run-episode"))).click()
 
     status = wait.until(
