@@ -183,7 +183,7 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> 
 
     paths = []
     for game in sorted({run["game"] for run in runs}):
-        figure = Figure(figsize=(12, 4))
+        figure = Figure(figsize=(14, 4.5))
         success, kl, entropy = figure.subplots(1, 3)
         for key, steps in summary.items():
             if not key.startswith(f"{game}/"):
@@ -192,7 +192,10 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> 
             mean = [steps[s]["mean"] for s in steps]
             success.plot(x, mean, marker="o", label=key.split("/", 1)[1])
             success.fill_between(x, [steps[s]["min"] for s in steps], [steps[s]["max"] for s in steps], alpha=0.2)
-        for axis, metric in ((kl, "kl"), (entropy, "empg/step_entropy/mean")):
+        for axis, metric, title in (
+            (kl, "kl", "KL to the warm start, training"),
+            (entropy, "empg/step_entropy/mean", "step entropy (nats), training"),
+        ):
             for method in sorted({run["method"] for run in runs if run["game"] == game}):
                 series = [run["curves"][metric] for run in runs if run["game"] == game and run["method"] == method]
                 series = [s for s in series if s]
@@ -203,9 +206,10 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], out_dir: Path) -> 
                         [statistics.mean(s[i][1] for s in series) for i in range(length)],
                         label=method,
                     )
-            axis.set_title(f"{metric} (training, mean over seeds)")
+            axis.set_title(f"{title}\n(mean over seeds)", fontsize=10)
             axis.set_xlabel("step")
-        success.set_title(f"twx:{game}: test success (mean, min-max band)")
+            axis.legend(fontsize=7)
+        success.set_title(f"twx:{game}: test success\n(mean, min-max band over seeds)", fontsize=10)
         success.set_xlabel("step")
         success.legend(fontsize=7)
         path = out_dir / f"learning_{game}.png"
