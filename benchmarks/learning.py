@@ -277,6 +277,8 @@ def main() -> None:
     try:
         args.warm_start = _per_game(args.warm_start, "--warm-start")
         args.env_kwargs = {game: json.loads(text) for game, text in _per_game(args.env_kwargs, "--env-kwargs").items()}
+        if not all(isinstance(kwargs, dict) for kwargs in args.env_kwargs.values()):
+            raise argparse.ArgumentTypeError("--env-kwargs takes GAME=JSON with a JSON object, e.g. coin='{}'")
     except (argparse.ArgumentTypeError, json.JSONDecodeError) as error:
         parser.error(str(error))
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -123,3 +123,26 @@ def test_learning_script(tmp_path):
     assert all(Path(p).exists() for p in report["plots"])
     run = json.loads((output_dir / "coin-empg-seed0.json").read_text())
     assert run["warm_start"] == str(agent) and [e["step"] for e in run["evaluations"]] == [0, 1]
+
+
+def test_learning_methods_pair_each_base_with_its_empg_variant():
+    """A method and its +EMPG variant differ only in the modulation, and GRPO is GRPO's loss, not TRL's default."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from learning import METHODS
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    for base, with_empg in (("grpo", "empg"), ("dapo", "dapo_empg")):
+        assert {**METHODS[base], "modulation": "empg"} == METHODS[with_empg]
+    assert METHODS["grpo"]["loss_type"] == "grpo" and METHODS["dapo"]["loss_type"] == "dapo"
+
+
+def test_learning_script_rejects_bad_env_kwargs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/learning.py", "--env-kwargs", "coin=[1]", "--output-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "JSON object" in result.stderr
