@@ -95,7 +95,6 @@ def test_gold_paths_win_on_every_split(game: str) -> None:
 
 
 def test_episodes_are_deterministic(coin: TextWorldExpressEnv) -> None:
-    # The game replays exactly; coin's gold plan itself is a fresh random walk on every reset, so fix the actions.
     _, info = coin.reset(seed=10_007, split="dev")
     actions = info["gold_actions"]
     runs = []
@@ -105,6 +104,40 @@ def test_episodes_are_deterministic(coin: TextWorldExpressEnv) -> None:
     assert runs[0][1:] == runs[1][1:]
     assert runs[0][0][0] == runs[1][0][0]
     assert runs[0][0][1]["admissible_actions"] == runs[1][0][1]["admissible_actions"]
+
+
+def test_coin_gold_plan_is_fixed_per_task_and_shorter_than_twx_walks() -> None:
+    """TWX draws coin's plan as a random walk on every reset; 16 draws report the shortest, cached per task."""
+    with make("twx:coin", gold_plan_draws=16) as env, make("twx:coin") as raw:
+        assert raw.gold_plan_draws == 1
+        plans, walks = [], []
+        for seed in env.task_seeds("train")[:8]:
+            plan = env.reset(seed=seed, split="train")[1]["gold_actions"]
+            assert env.reset(seed=seed, split="train")[1]["gold_actions"] == plan
+            assert plan[-1] == "take coin" and play(env, plan)[0][-1][3]["won"]
+            plans.append(len(plan))
+            walks += [len(raw.reset(seed=seed, split="train")[1]["gold_actions"]) for _ in range(4)]
+    # Measured on these seeds: shortest plans of 2-5 actions against walks of 2-30 (mean ~8).
+    assert sum(plans) / len(plans) < sum(walks) / len(walks)
+
+
+def test_gold_plan_draws_keep_the_shortest_with_ties_broken_alphabetically(monkeypatch) -> None:
+    with make("twx:coin", gold_plan_draws=3) as env:
+        client = env._client
+        draws = iter([["look around", "move west", "take coin"], ["move east", "take coin"], ["move a", "take coin"]])
+        calls = []
+        monkeypatch.setattr(client, "getGoldActionSequence", lambda: next(draws))
+        real_reset = client.reset
+        monkeypatch.setattr(client, "reset", lambda **kw: calls.append(kw["generateGoldPath"]) or real_reset(**kw))
+        seed = env.task_seeds("train")[0]
+        assert env.reset(seed=seed, split="train")[1]["gold_actions"] == ["move a", "take coin"]
+        assert env.reset(seed=seed, split="train")[1]["gold_actions"] == ["move a", "take coin"]
+        assert calls == [True, True, True, False]
+
+
+def test_bad_gold_plan_draw_count_is_rejected() -> None:
+    with pytest.raises(ValueError, match="gold_plan_draws must be >= 1"):
+        TextWorldExpressEnv("coin", gold_plan_draws=0)
 
 
 def test_invalid_action_is_reported_with_twx_text(coin: TextWorldExpressEnv) -> None:

@@ -20,12 +20,21 @@ from trl_empg.sft import format_reply, gold_conversations, run_sft, sft_trainer
 from trl_empg.tiny import build_tiny_agent
 
 ENV = "twx:coin"
+#: Coin's gold plans are random walks drawn afresh on every reset; the shortest of 16 draws is fixed per task, so the
+#: tiny agent's tokenizer and the trained demonstrations are the same on every run.
+FIXED_PLANS = {"gold_plan_draws": 16}
 
 
 @pytest.fixture(scope="module")
 def agent_dir(tmp_path_factory):
     return build_tiny_agent(
-        ENV, tmp_path_factory.mktemp("agent"), num_tasks=50, vocab_size=1024, hidden_size=64, intermediate_size=128
+        ENV,
+        tmp_path_factory.mktemp("agent"),
+        env_kwargs=FIXED_PLANS,
+        num_tasks=50,
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=128,
     )
 
 
@@ -199,27 +208,30 @@ def test_short_sft_run_lowers_loss_and_teaches_valid_actions(
     test_seeds = seeds["test"][:16]
     torch.manual_seed(0)
     before = invalid_action_rate(HFPolicy.from_pretrained(str(agent_dir)), coin_pool, test_seeds, description)
-    # Short demonstrations (plans of up to 4 actions) keep the run to ~20 s of CPU time.
+    # Short demonstrations (plans of up to 4 actions) keep the run to ~40 s of CPU time.
     path = run_sft(
         str(agent_dir),
         tmp_path / "sft",
         ENV,
+        env_kwargs=FIXED_PLANS,
         num_tasks=200,
         max_turns=4,
-        max_steps=80,
+        max_steps=160,
         per_device_train_batch_size=8,
         learning_rate=1e-2,
         logging_steps=10,
     )
     history = json.loads((path / "trainer_state.json").read_text())["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]
-    assert len(losses) == 8 and losses[-1] < 0.1 * losses[0], losses
+    assert len(losses) == 16 and losses[-1] < 0.1 * losses[0], losses
     assert AutoTokenizer.from_pretrained(path).chat_template == qwen2_5_chat_template
     taught = json.loads((path / "run_config.json").read_text())["training"]
     assert (taught["env_id"], taught["prompt_style"], taught["max_turns"]) == (ENV, "plain", 4)
     torch.manual_seed(0)
     after = invalid_action_rate(HFPolicy.from_pretrained(str(path)), coin_pool, test_seeds, description)
-    assert before > 0.95 and after < 0.8, (before, after)  # measured: 1.0 before, 0.45-0.75 after
+    # Measured: 1.0 before, 0.525 after, the same on every run with FIXED_PLANS (random-walk plans gave 0.45-0.81
+    # after 80 steps).
+    assert before > 0.95 and after < 0.8, (before, after)
 
 
 def test_cli_runs_sft_on_train_tasks(agent_dir, tmp_path, capsys, monkeypatch, one_thread):
