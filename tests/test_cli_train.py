@@ -35,6 +35,21 @@ def test_tiny_agent_reloads_with_identical_ids(tmp_path):
     assert model.config.vocab_size == len(reloaded) and model.config.eos_token_id == reloaded.eos_token_id
 
 
+def test_tiny_tokenizer_keeps_actions_the_gold_plans_never_take_whole():
+    """Coin's gold plans never say "inventory" or "look around"; as replies they must still be compact tokens."""
+    from trl_empg.tiny import build_tokenizer
+
+    corpus = env_corpus("twx:coin", num_tasks=10)
+    assert "inventory" in corpus and not any("<action>inventory<" in text for text in corpus)
+    tokenizer = build_tokenizer(corpus, vocab_size=1024)
+    assert [tokenizer.tokenize(action) for action in ("inventory", "look around", "move north", "take coin")] == [
+        ["inventory"],
+        ["look", "Ġaround"],
+        ["move", "Ġnorth"],
+        ["take", "Ġcoin"],
+    ]
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(r.relative_to(REPO)) for r in RECIPES])
 def test_every_recipe_parses_in_dry_run(recipe, capsys, monkeypatch):
     monkeypatch.chdir(REPO)

@@ -125,8 +125,14 @@ def save_tiny_agent(model: Qwen2ForCausalLM, tokenizer: Qwen2Tokenizer, output_d
 
 
 def env_corpus(env_id: str, env_kwargs: dict | None = None, num_tasks: int = 100, max_turns: int = 30) -> list[str]:
-    """Texts an agent sees and says in ``env_id``: system prompts, observations with admissible actions, and gold
-    replies in both prompt styles, from the gold plans of the first ``num_tasks`` train tasks."""
+    """Texts an agent sees and says in ``env_id``: system prompts, observations with admissible actions, gold replies
+    in both prompt styles, and every admissible action as a bare reply, from the gold plans of the first
+    ``num_tasks`` train tasks.
+
+    The bare replies matter: in a list an action follows a space (``" inventory"``), but a reply starts with it, and
+    byte-level BPE gives the two forms different tokens. Trained only on gold replies, a tokenizer leaves actions the
+    plans never take in pieces (coin's ``"inventory"`` as ``in|vent|ory``), and tiny agents then splice the pieces of
+    two actions into an invalid one (``"looventory"``)."""
     from .envs import make
     from .rollout import AgentPrompts
 
@@ -137,10 +143,12 @@ def env_corpus(env_id: str, env_kwargs: dict | None = None, num_tasks: int = 100
         for seed in env.task_seeds("train")[:num_tasks]:
             observation, info = env.reset(seed=seed, split="train")
             texts.append(prompts[0].first_user(observation, info["admissible_actions"]))
+            texts += info["admissible_actions"]
             for action in info["gold_actions"][:max_turns]:
                 texts += [action, f"<think>I should {action}.</think><action>{action}</action>"]
                 observation, _, done, info = env.step(action)
                 texts.append(prompts[0].observation(observation, info["admissible_actions"]))
+                texts += info["admissible_actions"]
                 if done:
                     break
         return texts
