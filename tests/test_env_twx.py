@@ -117,7 +117,7 @@ def test_coin_gold_plan_is_fixed_per_task_and_shorter_than_twx_walks() -> None:
             assert plan[-1] == "take coin" and play(env, plan)[0][-1][3]["won"]
             plans.append(len(plan))
             walks += [len(raw.reset(seed=seed, split="train")[1]["gold_actions"]) for _ in range(4)]
-    # Measured on these seeds: shortest plans of 2-5 actions against walks of 2-30 (mean ~8).
+    # Measured on these seeds: shortest plans of 1-5 actions (mean 3.0) against walks of 1-17 (mean 5.7) in one run.
     assert sum(plans) / len(plans) < sum(walks) / len(walks)
 
 
