@@ -50,6 +50,31 @@ def test_tiny_tokenizer_keeps_actions_the_gold_plans_never_take_whole():
     ]
 
 
+def test_action_tokens_make_every_action_one_token_that_survives_reload(tmp_path):
+    from trl_empg.tiny import build_tiny_agent
+
+    agent = build_tiny_agent(
+        "twx:coin", tmp_path, num_tasks=10, vocab_size=600, action_tokens=True, hidden_size=32, intermediate_size=64
+    )
+    tokenizer = AutoTokenizer.from_pretrained(agent)
+    actions = ["inventory", "look around", "move east", "move north", "move south", "move west", "take coin"]
+    assert all(len(tokenizer.tokenize(action)) == 1 for action in actions)
+    listed = "Possible actions: " + ", ".join(actions)
+    tokens = tokenizer.tokenize(listed)
+    assert all(
+        tokenizer.convert_tokens_to_ids(action) in tokenizer.convert_tokens_to_ids(tokens) for action in actions
+    )
+    assert tokenizer.decode(tokenizer(listed).input_ids) == listed
+    # Whole words only: an action inside a longer word stays ordinary text.
+    assert "move east" not in tokenizer.tokenize("remove eastward")
+    reply = tokenizer.apply_chat_template(
+        [{"role": "user", "content": listed}, {"role": "assistant", "content": "take coin"}], tokenize=False
+    )
+    assert tokenizer.tokenize(reply)[-3:] == ["take coin", "<|im_end|>", "Ċ"]
+    plain = AutoTokenizer.from_pretrained(build_tiny_agent("twx:coin", tmp_path / "plain", num_tasks=10))
+    assert len(plain.tokenize("move east")) == 2
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(r.relative_to(REPO)) for r in RECIPES])
 def test_every_recipe_parses_in_dry_run(recipe, capsys, monkeypatch):
     monkeypatch.chdir(REPO)

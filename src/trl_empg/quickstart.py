@@ -29,6 +29,7 @@ def run_quickstart(
     recipe: str | Path = DEFAULT_RECIPE,
     *,
     seed: int = 0,
+    action_tokens: bool = True,
     sft_steps: int = 200,
     sft_noise: float = 0.25,
     sft_learning_rate: float = 1e-2,
@@ -47,7 +48,9 @@ def run_quickstart(
         timings[name] = round(time.perf_counter() - start - sum(timings.values()), 1)
         print(f"[quickstart] {name} done in {timings[name]} s", flush=True)
 
-    tiny_dir = build_tiny_agent(config.env_id, run_dir / "tiny", env_kwargs=env_kwargs, seed=seed)
+    tiny_dir = build_tiny_agent(
+        config.env_id, run_dir / "tiny", env_kwargs=env_kwargs, action_tokens=action_tokens, seed=seed
+    )
     stage("build-tiny")
     sft_dir = run_sft(
         str(tiny_dir),
@@ -128,6 +131,7 @@ def _run(args: argparse.Namespace) -> None:
         args.run_dir,
         args.recipe,
         seed=args.seed,
+        action_tokens=args.action_tokens,
         sft_steps=args.sft_steps,
         sft_noise=args.sft_noise,
         sft_learning_rate=args.sft_learning_rate,
@@ -145,6 +149,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", default="runs/quickstart", help="where every stage writes its output")
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="the EMPG recipe (env and rollout settings)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    parser.add_argument(
+        "--action-tokens",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give the tiny agent one token per admissible action (see build-tiny --action-tokens)",
+    )
     parser.add_argument("--sft-steps", type=int, default=200, help="warm-start optimizer steps")
     parser.add_argument("--sft-noise", type=float, default=0.25, help="fraction of warm-start labels made random")
     parser.add_argument("--sft-learning-rate", type=float, default=1e-2, help="warm-start learning rate")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
@@ -43,11 +43,17 @@ def _qwen2_pipeline(tokenizer: Tokenizer) -> Tokenizer:
     return tokenizer
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_length: int = 4096) -> Qwen2Tokenizer:
+def build_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 1024,
+    model_max_length: int = 4096,
+    whole_phrases: Iterable[str] = (),
+) -> Qwen2Tokenizer:
     """Train a byte-level BPE tokenizer on ``texts`` and wrap it as a Qwen2 tokenizer with the Qwen2.5 chat template.
 
     The chat template's own text (role headers, default system prompt, tool-call markup) is added to the corpus so
-    that the template renders into few tokens.
+    that the template renders into few tokens. Each of ``whole_phrases`` (for example an environment's actions)
+    becomes one added token, matched as a whole word wherever it appears, in prompts and replies alike.
     """
     template_text = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[]).apply_chat_template(
         _TEMPLATE_SAMPLE, chat_template=qwen2_5_chat_template, tokenize=False
@@ -72,6 +78,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024, model_max_leng
         model_max_length=model_max_length,
     )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.add_tokens([AddedToken(phrase, single_word=True) for phrase in sorted(set(whole_phrases))])
     tokenizer.chat_template = qwen2_5_chat_template
     return tokenizer
 
@@ -133,10 +140,18 @@ def env_corpus(env_id: str, env_kwargs: dict | None = None, num_tasks: int = 100
     byte-level BPE gives the two forms different tokens. Trained only on gold replies, a tokenizer leaves actions the
     plans never take in pieces (coin's ``"inventory"`` as ``in|vent|ory``), and tiny agents then splice the pieces of
     two actions into an invalid one (``"looventory"``)."""
+    return _walk_gold_plans(env_id, env_kwargs, num_tasks, max_turns)[0]
+
+
+def _walk_gold_plans(
+    env_id: str, env_kwargs: dict | None, num_tasks: int, max_turns: int
+) -> tuple[list[str], set[str]]:
+    # The corpus of env_corpus, and every admissible action met along the way.
     from .envs import make
     from .rollout import AgentPrompts
 
     env = make(env_id, **(env_kwargs or {}))
+    actions: set[str] = set()
     try:
         prompts = [AgentPrompts(style, True, getattr(env, "task_description", "")) for style in ("react", "plain")]
         texts = [p.system() for p in prompts] + [p.expected_format() for p in prompts]
@@ -144,14 +159,16 @@ def env_corpus(env_id: str, env_kwargs: dict | None = None, num_tasks: int = 100
             observation, info = env.reset(seed=seed, split="train")
             texts.append(prompts[0].first_user(observation, info["admissible_actions"]))
             texts += info["admissible_actions"]
+            actions.update(info["admissible_actions"])
             for action in info["gold_actions"][:max_turns]:
                 texts += [action, f"<think>I should {action}.</think><action>{action}</action>"]
                 observation, _, done, info = env.step(action)
                 texts.append(prompts[0].observation(observation, info["admissible_actions"]))
                 texts += info["admissible_actions"]
+                actions.update(info["admissible_actions"])
                 if done:
                     break
-        return texts
+        return texts, actions
     finally:
         env.close()
 
@@ -163,10 +180,17 @@ def build_tiny_agent(
     env_kwargs: dict | None = None,
     num_tasks: int = 100,
     vocab_size: int = 1024,
+    action_tokens: bool = False,
     **model_kwargs: int | bool,
 ) -> Path:
-    """Build and save a tokenizer trained on ``env_id``'s text plus a randomly initialised small Qwen2 model."""
-    tokenizer = build_tokenizer(env_corpus(env_id, env_kwargs, num_tasks), vocab_size=vocab_size)
+    """Build and save a tokenizer trained on ``env_id``'s text plus a randomly initialised small Qwen2 model.
+
+    With ``action_tokens`` every admissible action of the corpus is one token, so that a reply is one token and
+    reading an action off the admissible list is a single copy: a 2-layer agent otherwise learns to sequence the
+    words of an action, and RL on it breaks that sequencing (measured on coin: a fifth of one agent's actions became
+    a bare ``"move"``)."""
+    texts, actions = _walk_gold_plans(env_id, env_kwargs, num_tasks, max_turns=30)
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size, whole_phrases=actions if action_tokens else ())
     return save_tiny_agent(build_tiny_model(tokenizer, **model_kwargs), tokenizer, output_dir)
 
 
@@ -176,6 +200,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="where to save the model and tokenizer")
     parser.add_argument("--num-tasks", type=int, default=100, help="train tasks whose gold plans form the corpus")
     parser.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size")
+    parser.add_argument(
+        "--action-tokens", action="store_true", help="make every admissible action of the corpus a single token"
+    )
     parser.add_argument("--hidden-size", type=int, default=64, help="model width")
     parser.add_argument("--num-hidden-layers", type=int, default=2, help="model depth")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed")
@@ -188,6 +215,7 @@ def _run(args: argparse.Namespace) -> None:
         env_kwargs=json.loads(args.env_kwargs),
         num_tasks=args.num_tasks,
         vocab_size=args.vocab_size,
+        action_tokens=args.action_tokens,
         hidden_size=args.hidden_size,
         intermediate_size=2 * args.hidden_size,
         num_hidden_layers=args.num_hidden_layers,
