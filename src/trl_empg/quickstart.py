@@ -29,7 +29,7 @@ def run_quickstart(
     recipe: str | Path = DEFAULT_RECIPE,
     *,
     seed: int = 0,
-    action_tokens: bool = True,
+    action_tokens: bool = False,
     sft_steps: int = 200,
     sft_noise: float = 0.25,
     sft_learning_rate: float = 1e-2,
@@ -151,8 +151,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
     parser.add_argument(
         "--action-tokens",
-        action=argparse.BooleanOptionalAction,
-        default=True,
+        action="store_true",
         help="give the tiny agent one token per admissible action (see build-tiny --action-tokens)",
     )
     parser.add_argument("--sft-steps", type=int, default=200, help="warm-start optimizer steps")
