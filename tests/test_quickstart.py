@@ -69,6 +69,7 @@ def test_quickstart_runs_every_stage_and_prints_both_agents(tmp_path, capsys):
             "2",
             "--seed",
             "1",
+            "--action-tokens",
             # Flags quickstart does not know go to the train stage's recipe parser, and set every stage's rollouts.
             "--max_steps",
             "1",
