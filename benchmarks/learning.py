@@ -14,9 +14,10 @@ several invocations (``--aggregate-only`` then rebuilds the summary and plots fr
     python benchmarks/learning.py --games coin mapreader --methods grpo empg dapo dapo_empg --seeds 0 1 2 \
         --warm-start coin=runs/quickstart/sft --env-kwargs coin='{"game_params": {"includeDoors": 0}}'
 
-The defaults are the quickstart recipe's (4 tasks x 8 episodes per step, 20 steps, learning rate 1e-3 with 2 warm-up
-steps, invalid-action penalty 0.1), plus a KL coefficient of 0.01 so that TRL computes and logs the KL. GRPO methods
-use GRPO's per-episode loss normalisation (``loss_type: grpo``), DAPO methods DAPO's token-level one with clip-higher.
+The defaults are the quickstart recipe's (4 tasks x 8 episodes per step, learning rate 1e-3 with 2 warm-up steps,
+invalid-action penalty 0.1) but 20 steps rather than its 40 (the README's learning results use 20), plus a KL
+coefficient of 0.01 so that TRL computes and logs the KL. GRPO methods use GRPO's per-episode loss normalisation
+(``loss_type: grpo``), DAPO methods DAPO's token-level one with clip-higher.
 """
 
 from __future__ import annotations
