@@ -3,10 +3,12 @@ are checked here)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -125,13 +127,18 @@ def test_learning_script(tmp_path):
     assert run["warm_start"] == str(agent) and [e["step"] for e in run["evaluations"]] == [0, 1]
 
 
-def test_learning_methods_pair_each_base_with_its_empg_variant():
-    """A method and its +EMPG variant differ only in the modulation, and GRPO is GRPO's loss, not TRL's default."""
+def _benchmark_module(name: str) -> ModuleType:
+    """Import a benchmark script as a module (benchmarks/ is a folder of scripts, not a package)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        from learning import METHODS
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_learning_methods_pair_each_base_with_its_empg_variant():
+    """A method and its +EMPG variant differ only in the modulation, and GRPO is GRPO's loss, not TRL's default."""
+    METHODS = _benchmark_module("learning").METHODS
     for base, with_empg in (("grpo", "empg"), ("dapo", "dapo_empg")):
         assert {**METHODS[base], "modulation": "empg"} == METHODS[with_empg]
     assert METHODS["grpo"]["loss_type"] == "grpo" and METHODS["dapo"]["loss_type"] == "dapo"
@@ -146,3 +153,20 @@ def test_learning_script_rejects_bad_env_kwargs(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2 and "JSON object" in result.stderr
+
+
+def test_search_index_benchmark_on_a_larger_generated_corpus():
+    report = _benchmark_module("search_index").benchmark_index(scale=3, k=3, num_queries=1500)
+    assert report["passages"] == 3 * 612 and report["recall_at_k"] >= 0.95
+    assert report["index_build_s"] > 0 and report["queries_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_search_index_script(tmp_path):
+    output = tmp_path / "index.json"
+    _run(["benchmarks/search_index.py", "--scales", "1", "--num-queries", "200", "--out", str(output)])
+    report = json.loads(output.read_text())
+    assert report["env_start"]["cold_cache_s"] > 0 and report["env_start"]["warm_cache_s"] > 0
+    [index] = report["indexes"]
+    assert index["scale"] == 1 and index["passages"] == 612 and index["queries"] == 200
+    assert index["recall_at_k"] >= 0.95

@@ -15,8 +15,8 @@ pytest.importorskip("alfworld")
 pytest.importorskip("textworld")
 
 from trl_empg.envs import EnvError, make  # noqa: E402
-from trl_empg.envs.alfworld import INVALID_ACTION_FEEDBACK, SEED_OFFSETS, TASK_TYPES, ALFWorldEnv  # noqa: E402
-from trl_empg.envs.alfworld_gen import split_floor_plans  # noqa: E402
+from trl_empg.envs.alfworld.env import INVALID_ACTION_FEEDBACK, SEED_OFFSETS, TASK_TYPES, ALFWorldEnv  # noqa: E402
+from trl_empg.envs.alfworld.gen import split_floor_plans  # noqa: E402
 
 INTRO = "You are in the middle of a room. Looking quickly around you, you see "
 

@@ -19,11 +19,10 @@ from trl_empg import EMPGConfig, EMPGTrainer
 from trl_empg.envs import make
 from trl_empg.envs.pool import EnvPool
 from trl_empg.envs.search import SEED_OFFSETS, SearchEnv
-from trl_empg.envs.search_bench import benchmark_index
-from trl_empg.envs.search_data import TEMPLATES, generate_world
-from trl_empg.envs.search_index import BM25Index, corpus_and_index
-from trl_empg.envs.search_reward import exact_match, normalize_answer, score_answer, token_f1
-from trl_empg.envs.search_tool import (
+from trl_empg.envs.search.data import TEMPLATES, generate_world
+from trl_empg.envs.search.index import BM25Index, corpus_and_index
+from trl_empg.envs.search.reward import exact_match, normalize_answer, score_answer, token_f1
+from trl_empg.envs.search.tool import (
     TOOL_INSTRUCTION,
     SearchToolEnv,
     search_answer_reward,
@@ -174,12 +173,6 @@ def test_index_is_cached_on_disk_and_reloads(tmp_path):
     reloaded = BM25Index.load(target)
     queries = ["The Silent", "organisation founded", "river flows"]
     assert reloaded.search_many(queries, 3) == index.search_many(queries, 3)
-
-
-def test_larger_generated_corpus_builds_and_retrieves():
-    report = benchmark_index(scale=3, k=3, num_queries=1500)
-    assert report["passages"] == 3 * 612 and report["recall_at_k"] >= 0.95
-    assert report["index_build_s"] > 0 and report["queries_per_s"] > 0
 
 
 # ------------------------------------------------------------------------------------------- Search-R1-format files

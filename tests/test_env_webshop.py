@@ -18,14 +18,14 @@ from trl_empg import EMPGConfig, EMPGTrainer  # noqa: E402
 from trl_empg.envs import SPLITS, make  # noqa: E402
 from trl_empg.envs.pool import EnvPool  # noqa: E402
 from trl_empg.envs.webshop import WebShopEnv  # noqa: E402
-from trl_empg.envs.webshop_data import Goal, Product, WebShopDataError  # noqa: E402
-from trl_empg.envs.webshop_reward import (  # noqa: E402
+from trl_empg.envs.webshop.data import Goal, Product, WebShopDataError  # noqa: E402
+from trl_empg.envs.webshop.reward import (  # noqa: E402
     NounExtractor,
     attribute_matches,
     compute_reward,
     option_matches,
 )
-from trl_empg.envs.webshop_search import ProductSearch  # noqa: E402
+from trl_empg.envs.webshop.search import ProductSearch  # noqa: E402
 
 
 @pytest.fixture(scope="module")

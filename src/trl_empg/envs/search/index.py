@@ -22,7 +22,7 @@ from pathlib import Path
 import bm25s
 import numpy as np
 
-from .search_data import Corpus, load_corpus
+from .data import Corpus, load_corpus
 
 __all__ = ["BM25Index", "CACHE_ENV", "cache_root", "tokenize", "corpus_and_index"]
 

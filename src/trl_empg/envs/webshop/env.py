@@ -9,7 +9,7 @@ The pages, their text and the action grammar follow princeton-nlp/WebShop's ``we
 - item page: the option groups and their values (``click[<value>]`` selects one per group), title, price, rating,
   ``click[description]`` / ``click[features]`` / ``click[reviews]`` sub-pages (``click[< prev]`` returns),
   ``click[< prev]`` back to the results, and ``click[buy now]``, which ends the episode with WebShop's reward
-  (:mod:`trl_empg.envs.webshop_reward`). Leaving the item page for the results clears the selected options.
+  (:mod:`trl_empg.envs.webshop.reward`). Leaving the item page for the results clears the selected options.
 
 Arguments are lower-cased as WebShop does, so clicks are case-insensitive. ``info["admissible_actions"]`` lists them
 as verl-agent does: ``search[<your query>]`` when the search bar is shown, then ``click[<clickable>]`` for every
@@ -18,10 +18,10 @@ what the env accepts: WebShop runs a ``search[...]`` from any page (here only fr
 is) and verl-agent lists the search button itself as ``click[search]``, which WebShop's text env ignores. Anything
 else is flagged ``info["invalid_action"]`` and leaves the page as it was. The done page shows only the score.
 
-Data (:mod:`trl_empg.envs.webshop_data`): the official product, attribute and human-instruction files when
+Data (:mod:`trl_empg.envs.webshop.data`): the official product, attribute and human-instruction files when
 ``data_dir`` (or ``$WEBSHOP_DATA``) points at them, with WebShop's goal split (test goals 0-499, dev 500-1499, train
 the rest; a task seed is the goal index, as WebShop's session index); otherwise a WebShop-style shop generated
-offline (:mod:`trl_empg.envs.webshop_gen`). The catalogue and its search index are built once per process and
+offline (:mod:`trl_empg.envs.webshop.gen`). The catalogue and its search index are built once per process and
 cached on disk under ``cache_dir`` (default ``$TRL_EMPG_WEBSHOP_CACHE`` or ``~/.cache/trl_empg/webshop``).
 """
 
@@ -33,8 +33,8 @@ import os
 import re
 from pathlib import Path
 
-from .base import SPLITS, Info, TextEnv, check_split, make_info
-from .webshop_data import (
+from ..base import SPLITS, Info, TextEnv, check_split, make_info
+from .data import (
     DEFAULT_ATTRIBUTE_FILE,
     DEFAULT_INSTRUCTION_FILE,
     DEFAULT_PRODUCT_FILE,
@@ -44,9 +44,9 @@ from .webshop_data import (
     Product,
     load_official,
 )
-from .webshop_gen import CATEGORIES, load_generated
-from .webshop_reward import NounExtractor, compute_reward, fuzzy_score, normalize_color
-from .webshop_search import ProductSearch
+from .gen import CATEGORIES, load_generated
+from .reward import NounExtractor, compute_reward, fuzzy_score, normalize_color
+from .search import ProductSearch
 
 __all__ = ["WebShopEnv", "PRODUCT_WINDOW"]
 

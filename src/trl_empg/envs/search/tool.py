@@ -8,7 +8,7 @@ and EM / F1 as the text env :class:`trl_empg.envs.search.SearchEnv` (both are bu
 ``EMPGTrainer`` each assistant turn (a tool call, or the final answer) is one EMPG step.
 
     from trl_empg import EMPGConfig, EMPGTrainer
-    from trl_empg.envs.search_tool import search_answer_reward, search_tool_dataset, search_tool_factory
+    from trl_empg.envs.search import search_answer_reward, search_tool_dataset, search_tool_factory
 
     kwargs = {"reward_mode": "em", "max_turns": 4}
     trainer = EMPGTrainer(
@@ -30,7 +30,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from .search import SearchEnv
+from .env import SearchEnv
 
 __all__ = ["SearchToolEnv", "search_answer_reward", "search_tool_dataset", "search_tool_factory", "TOOL_INSTRUCTION"]
 

@@ -13,7 +13,7 @@ action, malformed ones included, uses one of ``max_turns`` turns; at the limit t
 ``info["truncated"] = True`` and score 0. There is no finite list of valid actions (any query is one), so
 ``admissible_actions`` is always empty and the observations state the grammar instead.
 
-Data (see :mod:`trl_empg.envs.search_data`):
+Data (see :mod:`trl_empg.envs.search.data`):
 
 - Search-R1-format files when a corpus is given (``corpus_path`` kwarg or ``$TRL_EMPG_SEARCH_CORPUS``) with question
   files (``train_path`` / ``dev_path`` / ``test_path`` or ``$TRL_EMPG_SEARCH_{TRAIN,DEV,TEST}``; each a path or a
@@ -41,16 +41,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from .base import Info, TextEnv, check_split, make_info
-from .search_data import (
+from ..base import Info, TextEnv, check_split, make_info
+from .data import (
     GENERATED_ID_SOURCE,
     Question,
     generate_world,
     load_questions,
     write_generated,
 )
-from .search_index import cache_root, corpus_and_index
-from .search_reward import score_answer
+from .index import cache_root, corpus_and_index
+from .reward import score_answer
 
 __all__ = ["SearchEnv", "SEED_OFFSETS", "DEFAULT_IN_DOMAIN_SOURCES", "DATA_ENV_VARS"]
 

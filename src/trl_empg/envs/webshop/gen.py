@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .webshop_data import Catalogue, Goal, Product, price_limit
-from .webshop_reward import fuzzy_match, option_matches
+from .data import Catalogue, Goal, Product, price_limit
+from .reward import fuzzy_match, option_matches
 
 #: Bump when the same parameters would generate a different shop.
 GENERATOR_VERSION = 1

@@ -14,7 +14,7 @@ must not be won at the start and the plan must win it. The plan is stored as the
 
 Everything is a deterministic function of (split, seed, task type). Splits use disjoint floor plans.
 
-Run as ``python -m trl_empg.envs.alfworld_gen --split train --task-type all --out-dir DIR SEED [SEED ...]``: the env
+Run as ``python -m trl_empg.envs.alfworld.gen --split train --task-type all --out-dir DIR SEED [SEED ...]``: the env
 calls this in a subprocess so that a hard timeout can stop it (the engine runs C code that Python signals cannot
 interrupt).
 """
@@ -37,8 +37,8 @@ import numpy as np
 from alfworld.gen.goal_library import gdict as GOAL_LIBRARY
 from alfworld.info import ALFRED_PDDL_PATH, ALFRED_TWL2_PATH
 
-from .alfworld import CACHE_VERSION, TASK_TYPES, ALFWorldEngine
-from .base import SPLITS, check_split
+from ..base import SPLITS, check_split
+from .env import CACHE_VERSION, TASK_TYPES, ALFWorldEngine
 
 LAYOUTS_DIR = Path(alfworld.__file__).parent / "gen" / "layouts"
 #: First floor-plan number of each room type (each type has plans base+1 .. base+30).

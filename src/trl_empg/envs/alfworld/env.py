@@ -6,7 +6,7 @@ ALFWorld's exact text:
 
 - ``official``: the json_2.1.1 games that ``alfworld-download`` puts under ``$ALFWORLD_DATA`` (train, valid_seen as
   ``dev``, valid_unseen as ``test``).
-- ``generated``: ALFWorld-style problems written offline by :mod:`trl_empg.envs.alfworld_gen` from the floor-plan
+- ``generated``: ALFWorld-style problems written offline by :mod:`trl_empg.envs.alfworld.gen` from the floor-plan
   layouts, PDDL domain, grammar and goal library that the alfworld wheel ships, because the official games cannot be
   downloaded everywhere. They are cached on disk.
 
@@ -34,7 +34,7 @@ from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
 from textworld.envs.pddl import PddlEnv, textgen
 from textworld.logic import Rule
 
-from .base import EnvError, Info, TextEnv, check_split, make_info
+from ..base import EnvError, Info, TextEnv, check_split, make_info
 
 __all__ = ["ALFWorldEnv", "ALFWorldEngine", "TASK_TYPES"]
 
@@ -53,7 +53,7 @@ OFFICIAL_SPLIT_DIRS = {"train": "train", "dev": "valid_seen", "test": "valid_uns
 SEED_OFFSETS = {"train": 0, "dev": 100_000, "test": 200_000}
 #: How many generated tasks ``task_seeds`` lists per split; dev and test match ALFWorld's valid_seen / valid_unseen.
 GENERATED_TASKS = {"train": 1000, "dev": 140, "test": 134}
-#: Bump when :mod:`trl_empg.envs.alfworld_gen` writes different games for the same (split, seed, task type).
+#: Bump when :mod:`trl_empg.envs.alfworld.gen` writes different games for the same (split, seed, task type).
 CACHE_VERSION = 1
 #: The engine's reply to a command it cannot execute.
 INVALID_ACTION_FEEDBACK = "Nothing happens."
@@ -284,9 +284,9 @@ class ALFWorldEnv(TextEnv):
         if not missing:
             return paths
         out_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "trl_empg.envs.alfworld_gen", "--split", split, "--out-dir", str(out_dir)]
+        command = [sys.executable, "-m", "trl_empg.envs.alfworld.gen", "--split", split, "--out-dir", str(out_dir)]
         command += ["--task-type", self.task_type or "all", "--", *missing]  # "--": negative seeds are not options
-        package_root = str(Path(__file__).resolve().parents[2])  # so the child imports this very trl_empg
+        package_root = str(Path(__file__).resolve().parents[3])  # src/: so the child imports this very trl_empg
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         timeout = self.generation_timeout * len(missing)
         try:

@@ -1,6 +1,6 @@
 """Measure the search env's retrieval: index build / save / load time, queries per second and recall of gold queries.
 
-    OMP_NUM_THREADS=1 python -m trl_empg.envs.search_bench --scales 1 164 --out benchmarks/results/search/index.json
+    OMP_NUM_THREADS=1 python benchmarks/search_index.py --scales 1 164 --out benchmarks/results/search/index.json
 
 Scale 1 is the env's default offline corpus (612 passages), scale 164 a generated corpus of ~100k passages (the same
 generator, every entity count multiplied). Queries are the gold plans' search queries of all splits; recall@k counts
@@ -22,10 +22,8 @@ from typing import Any
 
 import bm25s
 
-from .search_data import generate_world
-from .search_index import BM25Index
-
-__all__ = ["benchmark_index", "benchmark_env_start"]
+from trl_empg.envs.search.data import generate_world
+from trl_empg.envs.search.index import BM25Index
 
 
 def benchmark_index(scale: int = 1, k: int = 3, num_queries: int = 5000, seed: int = 0) -> dict[str, Any]:
