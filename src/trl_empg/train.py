@@ -55,7 +55,7 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """``trl-empg train --config recipe.yaml [--field value ...]``: parse, check, train, save, push."""
     script_args, training_args, model_args = parse_args(argv, prog=prog)
-    from .hub.cards import check_repo_id
+    from .hub.facts import check_repo_id
     from .hub.push import push_run, require_hub_token, run_config, save_run_config
 
     if training_args.push_to_hub:  # the repo id by huggingface_hub's own rules, before any work

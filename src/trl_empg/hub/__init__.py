@@ -1,1 +1,2 @@
-"""The Hub side: model cards rendered from the run (:mod:`.cards`) and push / pull of trained agents (:mod:`.push`)."""
+"""The Hub side: the facts of a run (:mod:`.facts`), the model card rendered from them (:mod:`.cards`) and push / pull
+of trained agents (:mod:`.push`)."""

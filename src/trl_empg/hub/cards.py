@@ -2,253 +2,51 @@
 
 The card is rendered from what a run leaves behind (its configuration, evaluation reports and plot file names) so
 that every pushed agent documents the same things: what it plays, its measured success with an error bar, the exact
-command and Python code that replay it with the settings it was trained with, and the EMPG hyperparameters. The
-metadata is built with ``huggingface_hub.ModelCardData`` so the Hub indexes it (``model-index`` results per
-environment and split), and the body comes from the Jinja template shipped in ``trl_empg/hub/templates/model_card.md``.
-
-Cards are public: configuration values pass through :func:`redact` first, which drops anything that could hold a
-credential and replaces local absolute paths, so neither a token nor a user's directory layout ends up on the Hub.
+command and Python code that replay it with the settings it was trained with, and the EMPG hyperparameters. The facts
+themselves (method name, rollout settings, hyperparameter rows, redaction of anything private) come from
+:mod:`trl_empg.hub.facts`; this module turns them into the card. The metadata is built with
+``huggingface_hub.ModelCardData`` so the Hub indexes it (``model-index`` results per environment and split), and the
+body comes from the Jinja template shipped in ``trl_empg/hub/templates/model_card.md``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shlex
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .facts import (
+    ENV_FAMILY_NAMES,
+    METHODS,
+    active_methods,
+    adapter_description,
+    check_repo_id,
+    env_display_name,
+    hub_model_id,
+    is_local_absolute,
+    method_name,
+    modulation_rows,
+    package_versions,
+    redact,
+    reward_description,
+    rollout_settings,
+    training_rows,
+)
+
+# check_repo_id, hub_model_id, method_name and redact are documented as trl_empg.hub.cards names.
 __all__ = ["TEMPLATE_PATH", "check_repo_id", "hub_model_id", "method_name", "redact", "render_model_card"]
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md"
-LOCAL_PATH = "<local path>"
-REDACTED = "<redacted>"
-
-# Keys that may hold a credential. Numeric values under such keys are counts (max_turn_tokens), never secrets.
-_SECRET_KEY = re.compile(r"token|secret|passw|api[_-]?key|credential", re.IGNORECASE)
-# Hugging Face access tokens, wherever they appear in a value.
-_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
-
-ENV_FAMILY_NAMES = {
-    "twx": ("TextWorldExpress", "textworld-express"),
-    "alfworld": ("ALFWorld", "alfworld"),
-    "scienceworld": ("ScienceWorld", "scienceworld"),
-    "textworld": ("TextWorld", "textworld"),
-}
-# Step-level modulations and loss-level additions on top of the base objective: (label, arXiv id, config prefix).
-_METHODS = {
-    "empg": ("EMPG", "2509.09265", "empg_"),
-    "aem": ("AEM", "2605.00425", "aem_"),
-    "aepo": ("AEPO", "2510.14545", "aepo_"),
-    "epo": ("EPO", "2509.22576", "epo_"),
-}
-_BASE_LOSS_NAMES = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "bnpo": "GRPO", "dapo": "GRPO"}
-# The rollout settings the usage snippets repeat: an agent played with other settings is not the agent trained.
-_ROLLOUT_KEYS = (
-    "max_turns",
-    "max_turn_tokens",
-    "max_completion_length",
-    "prompt_style",
-    "show_admissible_actions",
-    "temperature",
-)
-_TRAINING_KEYS = (
-    "learning_rate",
-    "lr_scheduler_type",
-    "max_steps",
-    "num_generations",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "steps_per_generation",
-    "num_iterations",
-    "loss_type",
-    "beta",
-    "epsilon",
-    "epsilon_high",
-    "scale_rewards",
-    "mask_truncated_completions",
-    "temperature",
-    "top_k",
-    "top_p",
-    "max_turns",
-    "max_turn_tokens",
-    "max_completion_length",
-    "prompt_style",
-    "show_admissible_actions",
-    "reward_mode",
-    "invalid_action_penalty",
-    "use_vllm",
-    "vllm_mode",
-    "bf16",
-    "seed",
-)
-
-
-def redact(value: Any) -> Any:
-    """A copy of ``value`` safe to publish: credential-like keys dropped, tokens and local absolute paths replaced.
-
-    A key matching token/secret/password/api key/credential is dropped unless its value is a number or a bool (a
-    count such as ``max_turn_tokens`` is not a secret). Strings that are absolute paths (or ``~/...``) become
-    ``"<local path>"``: relative paths such as ``runs/quickstart`` say nothing about the machine and are kept.
-    """
-    if isinstance(value, Mapping):
-        return {
-            str(key): redact(item)
-            for key, item in value.items()
-            if not (_SECRET_KEY.search(str(key)) and not isinstance(item, (bool, int, float)))
-        }
-    if isinstance(value, (list, tuple)):
-        return [redact(item) for item in value]
-    if isinstance(value, str):
-        if _HF_TOKEN.search(value):
-            return REDACTED
-        if _is_local_absolute(value):
-            return LOCAL_PATH
-    return value
-
-
-def _is_local_absolute(text: str) -> bool:
-    return bool(text) and (os.path.isabs(text) or text.startswith("~") or bool(re.match(r"^[A-Za-z]:[\\/]", text)))
-
-
-def hub_model_id(name_or_path: str | None) -> str | None:
-    """``name_or_path`` if it names a Hub model (``org/name`` or ``name``) rather than a local directory, else None.
-
-    A directory that exists here is local even when its relative path looks like a Hub id (``runs/tiny-agent``).
-    """
-    if not name_or_path or Path(name_or_path).expanduser().exists():
-        return None
-    try:
-        validate_repo_id(name_or_path)  # huggingface_hub's own rules ('name' or 'org/name', no '--' or '..', ...)
-    except HFValidationError:
-        return None
-    return name_or_path
-
-
-def check_repo_id(repo_id: str, argument: str = "repo_id") -> str:
-    """``repo_id`` if huggingface_hub accepts it as a repo id, else a ValueError naming it and the rule it breaks."""
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        reason = str(error).split(":")[0].rstrip(".")
-        raise ValueError(f"{argument} {repo_id!r} is not a valid Hugging Face Hub repo id ({reason}).") from None
-    return repo_id
-
-
-def env_display_name(env_id: str) -> str:
-    """A readable environment name for tables and the Hub's dataset name: ``twx:coin`` -> ``TextWorldExpress coin``."""
-    family, _, name = env_id.partition(":")
-    if family in ENV_FAMILY_NAMES:
-        return f"{ENV_FAMILY_NAMES[family][0]} {name}".strip()
-    return env_id
-
-
-def _active_methods(training: Mapping[str, Any]) -> list[str]:
-    """Keys of :data:`_METHODS` that this configuration switches on, in a fixed order."""
-    modulation = training.get("modulation", "empg")
-    active = [modulation] if modulation in ("empg", "aem") else []
-    if training.get("aepo_clip") or training.get("aepo_entropy_advantage"):
-        active.append("aepo")
-    if training.get("epo"):
-        active.append("epo")
-    return active
-
-
-def method_name(training: Mapping[str, Any]) -> str:
-    """``DAPO+EMPG``, ``GRPO``, ...: the base objective and the modulations a training configuration uses.
-
-    DAPO means TRL's ``dapo`` loss together with clip-higher (``epsilon_high`` above ``epsilon``); the ``dapo`` loss
-    alone is only a token-level normalisation (TRL's default), so it is reported as GRPO.
-    """
-    loss_type = str(training.get("loss_type", "dapo"))
-    epsilon, epsilon_high = training.get("epsilon", 0.2), training.get("epsilon_high")
-    if loss_type == "dapo" and epsilon_high is not None and epsilon_high > epsilon:
-        base = "DAPO"
-    else:
-        base = _BASE_LOSS_NAMES.get(loss_type, loss_type.upper())
-    return "+".join([base, *(_METHODS[key][0] for key in _active_methods(training))])
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (dict, list)):
-        return f"`{json.dumps(value, sort_keys=True)}`"
-    return str(value)
 
 
 def _reply_format(prompt_style: str) -> str:
     if prompt_style == "react":
         return "a short reasoning in `<think>...</think>` followed by one action in `<action>...</action>`"
     return "one action as plain text"
-
-
-def _reward_description(training: Mapping[str, Any]) -> str:
-    reward = (
-        "1 if the episode's task is solved, else 0"
-        if training.get("reward_mode", "success") == "success"
-        else "the environment's task score, scaled to [0, 1]"
-    )
-    penalty = training.get("invalid_action_penalty") or 0.0
-    if penalty:
-        reward += f", minus {penalty:g} per malformed or invalid action"
-    return reward
-
-
-def _adapter_description(model_config: Mapping[str, Any]) -> str | None:
-    if not model_config.get("use_peft"):
-        return None
-    targets = model_config.get("lora_target_modules")
-    text = (
-        f"LoRA adapters (r={model_config.get('lora_r')}, alpha={model_config.get('lora_alpha')}, "
-        f"dropout={model_config.get('lora_dropout')}"
-        + (f", target modules: {', '.join(targets) if isinstance(targets, list) else targets}" if targets else "")
-        + ")"
-    )
-    if model_config.get("load_in_4bit"):
-        quant_type = model_config.get("bnb_4bit_quant_type", "nf4")
-        nested = ", double quantization" if model_config.get("use_bnb_nested_quant") else ""
-        text += f" on a 4-bit {str(quant_type).upper()}{nested} quantized base (QLoRA, bitsandbytes)"
-    elif model_config.get("load_in_8bit"):
-        text += " on an 8-bit quantized base (bitsandbytes)"
-    return text
-
-
-def _training_table(training: Mapping[str, Any]) -> list[tuple[str, str]]:
-    rows = [(key, _format(training[key])) for key in _TRAINING_KEYS if training.get(key) is not None]
-    return [(key, value) for key, value in rows if key != "vllm_mode" or training.get("use_vllm")]
-
-
-def _modulation_table(training: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]]]:
-    active = _active_methods(training)
-    if not active:
-        return "", []
-    prefixes = tuple(_METHODS[key][2] for key in active)
-    rows = [(key, _format(training.get(key))) for key in ("modulation", "entropy_source")]
-    rows += [
-        (key, _format(value)) for key, value in training.items() if key.startswith(prefixes) and value is not None
-    ]
-    return f"{' / '.join(_METHODS[key][0] for key in active)} hyperparameters", rows
-
-
-def _rollout_settings(training: Mapping[str, Any]) -> dict[str, Any]:
-    """The rollout settings of the run; a configuration without them cannot say how to replay the agent."""
-    missing = [key for key in _ROLLOUT_KEYS if training.get(key) is None]
-    if missing:
-        raise ValueError(
-            f"The training configuration lacks {missing}, which the card's usage snippets must repeat. Save the "
-            "configuration with trl_empg.hub.push.save_run_config (a filter on 'token' in key names drops "
-            "max_turn_tokens)."
-        )
-    return {key: training[key] for key in _ROLLOUT_KEYS}
 
 
 def _eval_command(repo_id: str, env_id: str, env_kwargs: Mapping[str, Any], rollout: Mapping[str, Any]) -> str:
@@ -349,21 +147,10 @@ def _eval_results(report: Mapping[str, Any]) -> list[EvalResult]:
     ]
 
 
-def _versions(adapter: bool) -> list[tuple[str, str]]:
-    packages = ["trl-empg", "trl", "transformers", "torch"] + (["peft"] if adapter else [])
-    versions = []
-    for package in packages:
-        try:
-            versions.append((package, metadata.version(package)))
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def _plot_entries(plots: Sequence[str]) -> list[dict[str, str]]:
     entries = []
     for plot in plots:
-        if _is_local_absolute(plot):
+        if is_local_absolute(plot):
             raise ValueError(f"Plot paths in a card must be relative to the repository root, got {plot!r}.")
         stem = PurePosixPath(plot).stem
         entries.append({"path": PurePosixPath(plot).as_posix(), "title": stem.replace("_", " ").replace("-", " ")})
@@ -407,8 +194,8 @@ def render_model_card(
     if base_model is not None and hub_model_id(base_model) is None:
         raise ValueError(f"base_model must be a Hub model id, got {base_model!r}.")
     env_kwargs = training.get("env_kwargs") or {}
-    rollout = _rollout_settings(training)
-    adapter = _adapter_description(model)
+    rollout = rollout_settings(training)
+    adapter = adapter_description(model)
     family = env_id.partition(":")[0]
     tags = ["trl", "trl-empg", "reinforcement-learning", "agent", "text-game"]
     tags += [label.lower() for label in method_name(training).replace("Dr. ", "dr-").split("+")]
@@ -429,7 +216,7 @@ def render_model_card(
         eval_results=[result for report in results for result in _eval_results(report)] or None,
     )
     confidence = {report.get("confidence_level", 0.95) for report in results}
-    modulation_title, modulation_table = _modulation_table(training)
+    modulation_title, modulation_table = modulation_rows(training)
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
@@ -448,9 +235,9 @@ def render_model_card(
         method=method_name(training),
         modulation=training.get("modulation", "empg"),
         loss_type=training.get("loss_type", "dapo"),
-        reward_description=_reward_description(training),
+        reward_description=reward_description(training),
         adapter=adapter,
-        training_table=_training_table(training),
+        training_table=training_rows(training),
         modulation_title=modulation_title,
         modulation_table=modulation_table,
         results=[_result_row(report) for report in results],
@@ -464,9 +251,9 @@ def render_model_card(
         eval_command=_eval_command(repo_id, env_id, env_kwargs, rollout),
         python_snippet=_python_snippet(repo_id, env_id, env_kwargs, rollout),
         plots=_plot_entries(plots),
-        versions=_versions(adapter is not None),
+        versions=package_versions(adapter is not None),
         other_methods=[  # EMPG's BibTeX is always in the template
-            {"name": _METHODS[key][0], "arxiv": _METHODS[key][1]} for key in _active_methods(training) if key != "empg"
+            {"name": METHODS[key][0], "arxiv": METHODS[key][1]} for key in active_methods(training) if key != "empg"
         ],
     )
     return str(card).rstrip("\n") + "\n"

@@ -24,7 +24,8 @@ from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
 
-from .cards import check_repo_id, hub_model_id, redact, render_model_card
+from .cards import render_model_card
+from .facts import check_repo_id, hub_model_id, redact
 
 __all__ = [
     "RUN_CONFIG_NAME",
