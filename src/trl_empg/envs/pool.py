@@ -7,10 +7,29 @@ lazily with :func:`trl_empg.envs.make` and reused across resets.
 
 A failing environment must not take the batch down. An exception inside an env becomes an error result for that slot
 (its env is discarded and rebuilt on its next reset). A request that does not answer in time, or whose worker died,
-becomes an error result too; the worker is then killed, restarted, and the other slots that lived on it are restored
-by replaying their (seed, split, actions) history, which reproduces them because environments are deterministic
-(see :mod:`trl_empg.envs.base`). A slot whose replay fails or diverges is marked failed and reports an error on its
-next step. Error results always have ``done=True``, so the rollout ends that episode and records it as a failure.
+becomes an error result too; the worker is then killed and restarted, and each other slot that lived on it is
+restored, right before its next step, by replaying its (seed, split, actions) history, which reproduces it because
+environments are deterministic (see :mod:`trl_empg.envs.base`). Restoring on demand means a slot whose episode the
+caller has stopped (turn limit, token budget) is never replayed, so no fault can happen on behalf of an episode that
+is over. A slot whose restore fails or diverges is marked failed and that step gets an error result. Error results
+always have ``done=True``, so the rollout ends that episode and records it as a failure.
+
+Fault accounting (:class:`FaultCounts`, ``EnvPool.faults``). A *fault* is an env exception, a request not answered
+within its timeout, a worker that died, a result that cannot be sent back, or a restore that diverged. Every fault
+belongs to exactly one request, hence to one episode slot, and is counted exactly once, by what the request was:
+
+- ``errors``: the caller's own reset or step of that slot faulted; its episode ends with that error.
+- ``replay_errors``: restoring the slot after its worker restarted faulted or diverged; the episode ends with an
+  error on the step that needed the restore.
+- ``branch_errors``: the caller's own :meth:`~EnvPool.replay` of the slot faulted (AEPO restoring a branch's start);
+  the caller decides what that costs (AEPO drops the branch and gives its budget back).
+
+Two more counters say what the faults caused and lose nothing: ``restarts`` counts worker restarts (one per hang or
+death counted above, plus one per worker found dead between calls, e.g. killed from outside), ``restored`` the
+slots brought back by replay after a restart, which then go on unchanged. Refused steps (a slot that was never reset,
+is over or failed) are error results but not faults: the fault that failed the slot was counted when it happened.
+So, for any stretch of calls, ``errors + replay_errors + branch_errors`` is the number of faults, and episodes ended
+by a fault number ``errors + replay_errors``. Training logs the counters per step as ``env/<name>``.
 
 Workers are fresh interpreters (the "spawn" model: the parent may hold torch threads or a JVM, which do not survive
 ``fork``), started directly rather than through :mod:`multiprocessing`, whose "spawn" re-runs the caller's
@@ -26,14 +45,39 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from multiprocessing.connection import wait
 from typing import Any
 
 from .base import check_split
 from .worker import Request, SlotRunner, StepResult, WorkerProcess, error_result, shut_down
 
-__all__ = ["EnvPool", "StepResult"]
+__all__ = ["EnvPool", "FaultCounts", "StepResult"]
+
+
+@dataclass
+class FaultCounts:
+    """Faults by what they hit, and what they caused; see the module docstring for the rule."""
+
+    errors: int = 0
+    replay_errors: int = 0
+    branch_errors: int = 0
+    restarts: int = 0
+    restored: int = 0
+
+    @property
+    def faults(self) -> int:
+        """All faults: each one is in exactly one of ``errors``, ``replay_errors`` and ``branch_errors``."""
+        return self.errors + self.replay_errors + self.branch_errors
+
+    def copy(self) -> FaultCounts:
+        return FaultCounts(**asdict(self))
+
+    def __sub__(self, other: FaultCounts) -> FaultCounts:
+        return FaultCounts(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 @dataclass
@@ -46,13 +90,14 @@ class _Slot:
     last_observation: str
     state: str  # "running", "done" or "failed"
     reason: str = ""  # why a failed slot failed
+    lost: bool = False  # running, but its worker restarted since: restore it by replay before its next step
 
 
 @dataclass
 class _Pending:
     """A request sent to a worker and not answered yet; ``index`` is its position in the caller's list."""
 
-    index: int | None  # None for replays, which the pool issues itself
+    index: int | None  # None for restores, which the pool issues itself
     request: Request
     timeout: float
 
@@ -89,7 +134,7 @@ class EnvPool:
         self.step_timeout = float(step_timeout)
         self.reset_timeout = float(reset_timeout)
         self._slots: dict[int, _Slot] = {}
-        self._num_errors = 0
+        self._faults = FaultCounts()
         self._closed = False
         self._runner = SlotRunner(env_id, self.env_kwargs) if num_workers == 0 else None
         self._workers: list[WorkerProcess | None] = [None] * num_workers
@@ -99,9 +144,14 @@ class EnvPool:
             self._workers[index] = WorkerProcess(env_id, self.env_kwargs)
 
     @property
+    def faults(self) -> FaultCounts:
+        """A copy of the fault counters since the pool started (subtract two copies for a stretch of calls)."""
+        return self._faults.copy()
+
+    @property
     def num_errors(self) -> int:
-        """Env failures recorded so far: exceptions, timeouts, worker deaths and failed replays."""
-        return self._num_errors
+        """Faults recorded so far: exceptions, timeouts, worker deaths, unsendable results and failed restores."""
+        return self._faults.faults
 
     def reset(self, requests: list[tuple[int, int, str]]) -> list[StepResult]:
         """Start episode ``seed`` of ``split`` in each ``slot``; returns one result per request, in order."""
@@ -193,7 +243,7 @@ class EnvPool:
             # The slot failed while this step was queued behind its replay: its answer is meaningless.
             return error_result(f"slot {slot_id} failed; reset it first. {slot.reason}")
         if result.error is not None:
-            self._fail_slot(request, result.error)
+            self._fail_slot(request, result.error, "branch_errors" if kind == "replay" else "errors")
             return result
         if kind in ("reset", "replay"):
             actions = list(request[4]) if kind == "replay" else []
@@ -207,9 +257,9 @@ class EnvPool:
                 slot.state = "done"
         return result
 
-    def _fail_slot(self, request: Request, reason: str) -> None:
-        """Count an env failure and mark the request's slot failed until its next reset."""
-        self._num_errors += 1
+    def _fail_slot(self, request: Request, reason: str, counter: str) -> None:
+        """Count a fault under ``counter`` and mark the request's slot failed until its next reset."""
+        setattr(self._faults, counter, getattr(self._faults, counter) + 1)
         kind, slot_id = request[0], request[1]
         if kind in ("reset", "replay"):
             self._slots[slot_id] = _Slot(request[2], request[3], [], "", "failed", reason)
@@ -229,6 +279,7 @@ class EnvPool:
             if worker is None or not worker.alive():
                 self._restart(worker_id, queues[worker_id], deadlines)
             else:
+                queues[worker_id] = self._with_restores(queues[worker_id])
                 self._send(worker_id, queues[worker_id], deadlines)
         while any(queues.values()):
             busy = {worker_id for worker_id, queue in queues.items() if queue}
@@ -264,10 +315,10 @@ class EnvPool:
         failed = queue.popleft()
         message = f"{self.env_id} slot {failed.request[1]}: {failed.request[0]} failed: {problem}"
         if failed.index is None:
-            self._fail_slot(failed.request, f"Replay after a worker restart failed: {message}")
+            self._fail_slot(failed.request, f"Replay after a worker restart failed: {message}", "replay_errors")
         else:
             results[failed.index] = error_result(message)
-            self._fail_slot(failed.request, message)
+            self._fail_slot(failed.request, message, "branch_errors" if failed.request[0] == "replay" else "errors")
         self._restart(worker_id, queue, deadlines)
 
     def _answer(self, pending: _Pending, result: StepResult, results: list[StepResult | None]) -> None:
@@ -275,35 +326,45 @@ class EnvPool:
         if pending.index is not None:
             results[pending.index] = self._record(pending.request, result)
             return
-        # A replay: the slot is restored only if it ends where it was.
+        # A restore: the slot is restored only if it ends where it was.
         if result.error is not None:
-            self._fail_slot(pending.request, f"Replay after a worker restart failed: {result.error}")
+            self._fail_slot(pending.request, f"Replay after a worker restart failed: {result.error}", "replay_errors")
         elif result.observation != self._slots[slot_id].last_observation:
-            self._fail_slot(pending.request, "Replay after a worker restart diverged from the original episode.")
+            reason = "Replay after a worker restart diverged from the original episode."
+            self._fail_slot(pending.request, reason, "replay_errors")
+        else:
+            self._faults.restored += 1
 
     def _restart(self, worker_id: int, queue: deque[_Pending], deadlines: dict[int, float]) -> None:
-        """Replace the worker, replay the running slots it held, then resend the requests it had not answered."""
+        """Replace the worker, mark the running slots it held lost, then resend the requests it had not answered,
+        each step of a lost slot preceded by its restore."""
         old = self._workers[worker_id]
         if old is not None:
             old.stop(0.0)
         self._workers[worker_id] = WorkerProcess(self.env_id, self.env_kwargs)
-        # Replays the dead worker had not finished are issued afresh below, with those of the slots it had restored.
-        remaining = [pending for pending in queue if pending.index is not None]
+        self._faults.restarts += 1
+        for slot_id, slot in self._slots.items():
+            if slot_id % self.num_workers == worker_id and slot.state == "running":
+                slot.lost = True
+        # Restores the dead worker had not finished are issued afresh, before the steps that need them.
+        remaining = deque(pending for pending in queue if pending.index is not None)
         queue.clear()
-        queue.extend(remaining)
-        queued_resets = {pending.request[1] for pending in queue if pending.request[0] == "reset"}
-        replays = [
-            _Pending(
-                None,
-                ("replay", slot_id, slot.seed, slot.split, list(slot.actions)),
-                self._timeout(("replay", slot_id, slot.seed, slot.split, slot.actions)),
-            )
-            for slot_id, slot in sorted(self._slots.items())
-            if slot_id % self.num_workers == worker_id and slot.state == "running" and slot_id not in queued_resets
-        ]
-        queue.extendleft(reversed(replays))
+        queue.extend(self._with_restores(remaining))
         if queue:
             self._send(worker_id, queue, deadlines)
+
+    def _with_restores(self, queue: deque[_Pending]) -> deque[_Pending]:
+        """The queue with a restore (a replay of the slot's history) before each step of a lost slot."""
+        ordered: deque[_Pending] = deque()
+        for pending in queue:
+            slot_id = pending.request[1]
+            slot = self._slots.get(slot_id)
+            if pending.request[0] == "step" and slot is not None and slot.state == "running" and slot.lost:
+                replay = ("replay", slot_id, slot.seed, slot.split, list(slot.actions))
+                ordered.append(_Pending(None, replay, self._timeout(replay)))
+                slot.lost = False  # set again if this worker restarts before the restore is answered
+            ordered.append(pending)
+        return ordered
 
     def _send(self, worker_id: int, queue: deque[_Pending], deadlines: dict[int, float]) -> None:
         worker = self._workers[worker_id]

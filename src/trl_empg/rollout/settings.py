@@ -79,6 +79,13 @@ class EnvArguments:
         default=30.0,
         metadata={"help": "Seconds an environment step may take before the episode is ended as a recorded failure."},
     )
+    env_reset_timeout: float = field(
+        default=120.0,
+        metadata={
+            "help": "Seconds a reset may take (it may build the environment, e.g. start a JVM) before the episode is "
+            "ended as a recorded failure; also a fresh worker's start-up allowance."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.env_kwargs = parse_env_kwargs(self.env_kwargs)
@@ -86,6 +93,8 @@ class EnvArguments:
             raise ValueError(f"env_workers must be >= 0, got {self.env_workers}.")
         if self.env_step_timeout <= 0:
             raise ValueError(f"env_step_timeout must be > 0, got {self.env_step_timeout}.")
+        if self.env_reset_timeout <= 0:
+            raise ValueError(f"env_reset_timeout must be > 0, got {self.env_reset_timeout}.")
         _continue_post_init(self, EnvArguments)
 
 

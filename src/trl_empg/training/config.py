@@ -90,6 +90,7 @@ class EMPGConfig(RolloutArguments, EnvArguments, GRPOConfig):
         env_kwargs (`dict` or `str`, defaults to `None`): environment constructor arguments (a JSON object on the CLI).
         env_workers (`int`, defaults to `0`): worker processes stepping environments in parallel (0: in-process).
         env_step_timeout (`float`, defaults to `30.0`): seconds a step may take before the episode ends as a failure.
+        env_reset_timeout (`float`, defaults to `120.0`): the same for a reset (which may start a JVM first).
         env_split (`str`, defaults to `"train"`): split whose task seeds build the default training dataset.
         env_num_tasks (`int` or `None`, defaults to `None`): use only the first N task seeds of that split.
 

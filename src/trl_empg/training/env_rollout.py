@@ -20,7 +20,7 @@ import torch
 from datasets import Dataset
 
 from ..envs import make
-from ..envs.pool import EnvPool
+from ..envs.pool import EnvPool, FaultCounts
 from ..methods.entropy import GenerationEntropyStore
 from ..rollout import AgentPrompts, Episode, run_episodes
 from ..rollout.branching import AEPORolloutSettings, run_aepo_episodes
@@ -98,6 +98,7 @@ class EnvRollout:
                 self.env_kwargs,
                 num_workers=self.args.env_workers,
                 step_timeout=self.args.env_step_timeout,
+                reset_timeout=self.args.env_reset_timeout,
             )
         return self._pool
 
@@ -117,6 +118,7 @@ class EnvRollout:
         logprobs = GenerationEntropyStore()  # same content addressing, used for the sampling log-probs
         cache = TurnCache() if self.reuses_kv_cache(trainer) else None  # this rollout's KV cache across turns
         generate = functools.partial(self._generate, trainer, logprobs=logprobs, cache=cache)
+        faults_before = self.pool().faults
         try:
             if self.aepo is not None:
                 episodes = self._branching_rollout(trainer, tasks, generate)
@@ -127,7 +129,7 @@ class EnvRollout:
         finally:
             if cache is not None:
                 cache.release()
-        self._log(trainer, episodes)
+        self._log(trainer, episodes, self.pool().faults - faults_before)
         return self._to_trl(trainer, episodes, logprobs)
 
     def _branching_rollout(self, trainer: GRPOTrainer, tasks: list[tuple[int, str]], generate: Any) -> list[Episode]:
@@ -225,7 +227,9 @@ class EnvRollout:
             fields["turn_prompt_ids"] = [e.turn_prompt_ids for e in episodes]
         return fields
 
-    def _log(self, trainer: GRPOTrainer, episodes: list[Episode]) -> None:
+    def _log(self, trainer: GRPOTrainer, episodes: list[Episode], faults: FaultCounts) -> None:
+        """Episode means as ``env/<name>``, and this rollout's fault counters summed over processes (see
+        :mod:`trl_empg.envs.pool` for which fault lands in which counter)."""
         mode = "train" if trainer.model.training else "eval"
         stats = torch.tensor(
             [
@@ -235,7 +239,6 @@ class EnvRollout:
                     e.num_turns,
                     e.num_invalid_actions / max(e.num_turns, 1),
                     float(e.truncated),
-                    float(e.error is not None),
                 ]
                 for e in episodes
             ],
@@ -245,4 +248,9 @@ class EnvRollout:
         metrics = trainer._metrics[mode]
         for column, name in enumerate(("success_rate", "score", "turns", "invalid_action_rate", "truncated_rate")):
             metrics[f"env/{name}"].append(gathered[:, column].mean().item())
-        metrics["env/errors"].append(gathered[:, 5].sum().item())
+        counts = faults.as_dict()
+        totals = trainer.accelerator.gather(
+            torch.tensor([list(counts.values())], dtype=torch.float32, device=trainer.accelerator.device)
+        ).sum(dim=0)
+        for name, total in zip(counts, totals.tolist()):
+            metrics[f"env/{name}"].append(total)
