@@ -11,6 +11,12 @@ Every text file is scanned for access tokens before anything is sent.
 Offline boxes and CI cannot reach the Hub; everything here goes through ``huggingface_hub.HfApi`` so tests can fake
 that boundary, and :func:`require_hub_token` lets training fail before it starts (TRL's trainer calls ``create_repo``
 in its constructor when ``push_to_hub`` is set) rather than after hours of rollouts.
+
+Under faults a push fails with a :class:`HubPushError` that says what to do and never touches the run directory
+(pushing only reads it). A token the Hub rejects (401) or that may not write there (403) fails at once; a Hub error
+(5xx, 429) or a timeout or dropped connection is retried ``retries`` times with growing waits, then reported. The
+upload is one ``create_commit``, which the Hub applies all or nothing, so a push that failed halfway left the repo
+as it was, and running the same push again is the retry.
 """
 
 from __future__ import annotations
@@ -18,17 +24,25 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError
+
+try:  # huggingface_hub 2 talks HTTP through httpx2, version 1 through httpx
+    from httpx2 import TransportError
+except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
+    from httpx import TransportError
 
 from .cards import render_model_card
 from .facts import check_repo_id, hub_model_id, redact
 
 __all__ = [
     "RUN_CONFIG_NAME",
+    "HubPushError",
     "load_run_config",
     "pull_run",
     "push_run",
@@ -68,6 +82,58 @@ _LOGIN_HELP = (
     "Log in once with `hf auth login` (or `huggingface-cli login`), set the HF_TOKEN environment variable, or pass "
     "--token / hub_token. Create a token with write access at https://huggingface.co/settings/tokens."
 )
+
+
+#: HTTP statuses worth retrying: the Hub (or a proxy in front of it) was overloaded or failed, not the request.
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_Result = TypeVar("_Result")
+
+
+class HubPushError(RuntimeError):
+    """A push the Hub refused or that failed on the way; the message says why and whether retrying can help."""
+
+
+def _status(error: BaseException) -> int | None:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _transient(error: BaseException) -> bool:
+    if isinstance(error, HfHubHTTPError):
+        return _status(error) in _TRANSIENT_STATUSES
+    return isinstance(error, (TransportError, TimeoutError, ConnectionError))
+
+
+def _hub_call(
+    what: str, call: Callable[[], _Result], *, run_dir: Path, repo_id: str, retries: int, retry_wait: float
+) -> _Result:
+    """``call()``, retried on transient failures; every failure becomes a :class:`HubPushError` naming ``what``."""
+    intact = f"Nothing in {run_dir} was changed."
+    retry = f"Run the same push again to retry (trl-empg push --run_dir {run_dir} --repo_id {repo_id})."
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except (HfHubHTTPError, TransportError, TimeoutError, ConnectionError) as error:
+            status = _status(error)
+            if status == 401:
+                raise HubPushError(
+                    f"The Hub rejected the access token while {what} (401 Unauthorized): it is invalid, expired or "
+                    f"revoked. {_LOGIN_HELP} {intact}"
+                ) from error
+            if status == 403:
+                raise HubPushError(
+                    f"The access token may not write to {repo_id!r} (403 Forbidden) while {what}: it needs write "
+                    f"access to that namespace (fine-grained tokens: 'Write access to contents'). {intact}"
+                ) from error
+            if not _transient(error):
+                raise HubPushError(f"The Hub refused {what}: {error} {intact}") from error
+            if attempt == retries:
+                raise HubPushError(
+                    f"{what[0].upper()}{what[1:]} failed after {retries + 1} attempts: {type(error).__name__}: "
+                    f"{error}. A Hub commit is all or nothing, so {repo_id!r} was not changed by it. {intact} {retry}"
+                ) from error
+            time.sleep(retry_wait * 2**attempt)  # the Hub was overloaded or the network dropped: give it time
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def require_hub_token(token: str | None = None) -> str:
@@ -335,17 +401,25 @@ def push_run(
     include_checkpoints: bool = False,
     include_optimizer_states: bool = False,
     commit_message: str | None = None,
+    retries: int = 3,
+    retry_wait: float = 2.0,
 ) -> CommitInfo:
     """Upload a trained agent to the Hub repo ``repo_id`` (created if needed) as one commit; see :func:`upload_plan`.
 
     ``repo_id`` without a namespace goes to the token owner's namespace. ``revision`` names a branch, created from
     the default branch if it does not exist. Everything is checked (token, files, card) before the repo is created.
+    Hub errors and timeouts are retried ``retries`` times, waiting ``retry_wait`` seconds and doubling; any failure
+    raises :class:`HubPushError` and leaves ``run_dir`` as it was.
     """
     check_repo_id(repo_id)
+    if retries < 0 or retry_wait < 0:
+        raise ValueError(f"retries and retry_wait must be >= 0, got {retries} and {retry_wait}.")
     token = require_hub_token(token)
     api = HfApi(token=token)
+    guarded = {"run_dir": Path(run_dir), "retries": retries, "retry_wait": retry_wait}
     if "/" not in repo_id:  # the card's snippets must name the repo users will load
-        repo_id = f"{api.whoami()['name']}/{repo_id}"
+        user = _hub_call("asking the Hub who owns the token", api.whoami, repo_id=repo_id, **guarded)
+        repo_id = f"{user['name']}/{repo_id}"
     plan = upload_plan(
         run_dir,
         repo_id,
@@ -358,17 +432,26 @@ def push_run(
         include_checkpoints=include_checkpoints,
         include_optimizer_states=include_optimizer_states,
     )
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in plan.items()]
-    return api.create_commit(
-        repo_id,
-        operations,
-        commit_message=commit_message or f"Upload agent trained with trl-empg ({len(operations)} files)",
-        revision=revision,
-        repo_type="model",
+    guarded["repo_id"] = repo_id
+    _hub_call(
+        f"creating the repo {repo_id!r}",
+        lambda: api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"),
+        **guarded,
     )
+    if revision is not None:
+        _hub_call(
+            f"creating the branch {revision!r} of {repo_id!r}",
+            lambda: api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model"),
+            **guarded,
+        )
+    message = commit_message or f"Upload agent trained with trl-empg ({len(plan)} files)"
+
+    def commit() -> CommitInfo:
+        # Fresh operations per attempt: an operation that was (partly) read by a failed attempt is not reused.
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in plan.items()]
+        return api.create_commit(repo_id, operations, commit_message=message, revision=revision, repo_type="model")
+
+    return _hub_call(f"uploading {len(plan)} files to {repo_id!r}", commit, **guarded)
 
 
 def pull_run(
