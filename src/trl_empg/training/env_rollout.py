@@ -102,6 +102,16 @@ class EnvRollout:
             )
         return self._pool
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep for a resumed run to roll out exactly like an uninterrupted one: the branching
+        draws' random state (the model's sampling uses torch's RNG, which transformers saves)."""
+        version, internal, gauss = self._rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()

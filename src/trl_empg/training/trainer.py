@@ -19,6 +19,7 @@ from ..methods.aepo import aepo_clip_term, aepo_token_advantages, entropy_zscore
 from ..methods.empg import empg_terms
 from ..methods.epo import epo_beta, epo_smoothing, trajectory_mean
 from ..methods.segmentation import StepLayout, step_ids_from_mask
+from .checkpoints import checkpoint_complete, last_complete_checkpoint
 from .config import EMPGConfig
 from .entropy_capture import EntropyCapture
 from .step_batch import step_samples
@@ -58,7 +59,10 @@ class EMPGTrainer(EntropyCapture):
       TRL reduces its per-token loss for the configured ``loss_type`` (``_aggregate_like_loss``, pinned against TRL
       by tests/test_loss_aggregation.py), and EPO's regulariser; otherwise TRL's loss is returned unchanged.
     - ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: write and read EPO's running entropy history
-      (``epo_state.json``) with each checkpoint, so a resumed run keeps the same entropy corridor.
+      (``epo_state.json``) and the env rollout's own random state (``env_rollout_state.json``: AEPO's branching
+      draws) with each checkpoint, before transformers' save, so a resumed run continues exactly.
+    - ``train``: ``resume_from_checkpoint=True`` resumes from the last *complete* checkpoint
+      (:mod:`trl_empg.training.checkpoints`), never from one a killed run left half-written.
 
     Inherited from :class:`~trl_empg.training.entropy_capture.EntropyCapture` (rollout-time entropy at no extra
     forward pass where possible, ``args.entropy_source``):
@@ -117,9 +121,23 @@ class EMPGTrainer(EntropyCapture):
         self._epo_steps = 0
         self._epo_window: Tensor | None = None
 
-    def train(self, *args: Any, **kwargs: Any) -> Any:
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        if resume_from_checkpoint is True or (
+            isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() == "true"
+        ):
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+        elif isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() == "false":
+            resume_from_checkpoint = None
+        elif resume_from_checkpoint and not checkpoint_complete(resume_from_checkpoint):
+            raise ValueError(
+                f"{resume_from_checkpoint} is not a complete checkpoint (its trainer_state.json is missing, truncated "
+                f"or names another step: the run was killed while saving it). Resume from "
+                f"{last_complete_checkpoint(os.path.dirname(os.path.abspath(resume_from_checkpoint)))} instead."
+            )
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             if self._env_rollout is not None:
                 self._env_rollout.close()  # the env workers are started again on the next rollout
@@ -399,18 +417,32 @@ class EMPGTrainer(EntropyCapture):
                 self._epo_steps += 1
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
+        # Written before transformers' save, whose trainer_state.json (written last) marks the checkpoint complete.
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.epo and self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
+            os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, EPO_STATE_FILE), "w") as handle:
                 json.dump({"entropy_sum": self._epo_entropy_sum, "steps": self._epo_steps}, handle)
+        if self._env_rollout is not None:  # per process, like transformers' rng_state_<rank>.pth
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, _rollout_state_file(self.args.process_index)), "w") as handle:
+                json.dump(self._env_rollout.state_dict(), handle)
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        path = os.path.join(checkpoint, EPO_STATE_FILE) if checkpoint is not None else None
-        if self.args.epo and path is not None and os.path.exists(path):
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, EPO_STATE_FILE)
+        if self.args.epo and os.path.exists(path):
             with open(path) as handle:
                 state = json.load(handle)
             self._epo_entropy_sum, self._epo_steps = state["entropy_sum"], state["steps"]
+        path = os.path.join(checkpoint, _rollout_state_file(self.args.process_index))
+        if self._env_rollout is not None and os.path.exists(path):
+            with open(path) as handle:
+                self._env_rollout.load_state_dict(json.load(handle))
+
+
+def _rollout_state_file(process_index: int) -> str:
+    return f"env_rollout_state_{process_index}.json"
