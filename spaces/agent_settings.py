@@ -60,7 +60,7 @@ class Setting:
 
     @property
     def kind(self) -> str:
-        """"int", "float", "bool", "str" or "json" (the env kwargs, edited as a JSON object)."""
+        """ "int", "float", "bool", "str" or "json" (the env kwargs, edited as a JSON object)."""
         # Read off the default, not the annotation: HfArgumentParser (TrlParser) rewrites the annotations of the
         # dataclasses it parses in place (e.g. env_kwargs' `dict | str | None` becomes `str`).
         if self.name == "env_kwargs":

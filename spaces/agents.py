@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 from agent_settings import DemoSettings, SpaceError, first_line
 from environments import DEFAULT_ENV
+from hosting import Deadline, active_policy, check_text
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from trl_empg.hub.push import RUN_CONFIG_NAME
 from trl_empg.rollout import EpisodeEngine, EpisodeState, GenerateFn
@@ -42,8 +44,9 @@ MAX_LOADED_AGENTS = 2
 
 
 def available_checkpoints(extra: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(label, value) menu entries: the given checkpoints, the quickstart's agents when present, the tiny agent."""
-    entries = [(name, name) for name in extra]
+    """(label, value) menu entries: the operator's checkpoints (its policy's, then ``extra``), the quickstart's agents
+    when present, the tiny agent. These are all a visitor may pick (see :func:`check_checkpoint`)."""
+    entries = [(name, name) for name in dict.fromkeys([*active_policy().checkpoints, *extra])]
     seen: set[Path] = set()
     for label, relative in QUICKSTART_CHECKPOINTS.items():
         for base in (Path.cwd(), REPO_ROOT):
@@ -56,6 +59,51 @@ def available_checkpoints(extra: Sequence[str] = ()) -> list[tuple[str, str]]:
     return entries
 
 
+def hub_model_size_mb(repo_id: str) -> float:
+    """The summed size of a Hub model's files, read from the Hub's metadata before anything is downloaded."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo_id, files_metadata=True)
+    return sum(sibling.size or 0 for sibling in info.siblings or ()) / 1e6
+
+
+def is_hub_id(name: str) -> bool:
+    """``namespace/name`` as the Hub spells a model id (which no path starting with ``/``, ``.`` or ``~`` is)."""
+    if name.count("/") != 1 or name.startswith((".", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_checkpoint(checkpoint: Any) -> str:
+    """The checkpoint of a request if the Space offers it: one of its menu's, or, when the operator allows typed Hub
+    ids, a Hub model id (never a local path) within the size cap. Nothing is read or loaded before this passes."""
+    checkpoint = check_text(checkpoint, "The checkpoint").strip()
+    if not checkpoint:
+        raise SpaceError("Choose a checkpoint from the menu.")
+    menu = [value for _, value in available_checkpoints()]
+    if checkpoint in menu:
+        return checkpoint
+    policy = active_policy()
+    if not policy.allow_hub_ids:
+        raise SpaceError(f"The checkpoint {checkpoint!r} is not offered here; choose one of {menu}.")
+    if not is_hub_id(checkpoint) or Path(checkpoint).expanduser().exists():
+        raise SpaceError(f"{checkpoint!r} is not a Hub model id (namespace/name); local paths cannot be typed here.")
+    try:
+        size = hub_model_size_mb(checkpoint)
+    except Exception as error:  # Offline, no such repo, gated: all mean "cannot offer it".
+        raise SpaceError(f"Cannot load the agent {checkpoint!r}: {first_line(str(error))}") from error
+    if size > policy.max_hub_model_mb:
+        raise SpaceError(
+            f"The Hub model {checkpoint!r} is {size:.0f} MB; this Space loads at most {policy.max_hub_model_mb} MB "
+            "(max_hub_model_mb, set by its operator)."
+        )
+    return checkpoint
+
+
 def cache_dir() -> Path:
     """Where the built-in tiny agent is built: ``$TRL_EMPG_SPACE_CACHE``, else ``~/.cache/trl-empg/space``."""
     return Path(os.environ.get("TRL_EMPG_SPACE_CACHE", Path.home() / ".cache" / "trl-empg" / "space"))
@@ -65,17 +113,14 @@ _BUILD_LOCK = threading.Lock()
 
 
 def resolve_checkpoint(checkpoint: str) -> str:
-    """A local directory or Hub id for ``checkpoint``; the built-in tiny agent is built into the cache once.
+    """A local directory or Hub id for an offered ``checkpoint`` (:func:`check_checkpoint`); the built-in tiny agent
+    is built into the cache once.
 
     Built into a temporary directory and renamed, so a half-written agent never looks like a checkpoint.
     """
-    checkpoint = (checkpoint or "").strip()
-    if not checkpoint:
-        raise SpaceError("Choose a checkpoint: a local directory, a Hub model id or the built-in tiny agent.")
+    checkpoint = check_checkpoint(checkpoint)
     if checkpoint != BUILTIN_TINY:
-        if not Path(checkpoint).expanduser().exists() and (
-            checkpoint.startswith(("/", ".", "~")) or checkpoint.count("/") > 1
-        ):
+        if not Path(checkpoint).expanduser().exists() and not is_hub_id(checkpoint):
             raise SpaceError(f"Cannot load the agent {checkpoint!r}: no such local directory (and not a Hub id).")
         return checkpoint
     target = cache_dir() / "tiny-twx-coin"
@@ -133,7 +178,10 @@ def checkpoint_defaults(checkpoint: str) -> CheckpointDefaults:
             "Built-in tiny agent: randomly initialised, so expect random actions and near-maximal entropy. "
             "Settings: the quickstart recipe's.",
         )
-    config = read_run_config(checkpoint) if checkpoint else None
+    try:
+        config = read_run_config(check_checkpoint(checkpoint))
+    except SpaceError as error:
+        return CheckpointDefaults(DemoSettings.from_mapping(), None, f"Error: {error}")
     training = (config or {}).get("training") or {}
     if not training:
         return CheckpointDefaults(
@@ -182,19 +230,24 @@ class LoadedAgent:
         #: ln |V|: the entropy of a uniformly random token, for reference next to the step entropies.
         self.max_entropy = math.log(int(self.model.config.get_text_config().vocab_size))
 
-    def generate_fn(self, sampling: SamplingSettings) -> GenerateFn:
+    def generate_fn(self, sampling: SamplingSettings, deadline: Deadline) -> GenerateFn:
+        """Generation with ``sampling`` that refuses to start once the request's ``deadline`` has passed."""
         policy = HFPolicy(self.model, self.tokenizer, sampling)
 
         def generate(prompts: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], list[list[float]]]:
             with self.lock:
+                deadline.check()
                 return policy(prompts, max_new_tokens)
 
         return generate
 
-    def suggest(self, engine: EpisodeEngine, state: EpisodeState, sampling: SamplingSettings) -> Suggestion:
+    def suggest(
+        self, engine: EpisodeEngine, state: EpisodeState, sampling: SamplingSettings, deadline: Deadline
+    ) -> Suggestion:
         """The reply the agent would give in this position: generated on ``engine.context(state)`` within the turn's
         limit and read by the engine itself, on a copy of the state (the episode is not changed)."""
-        (ids,), entropies = self.generate_fn(sampling)([engine.context(state)], engine.turn_limit(state))
+        generate = self.generate_fn(sampling, deadline)
+        (ids,), entropies = generate([engine.context(state)], engine.turn_limit(state))
         record = engine.apply_reply(copy.deepcopy(state), ids, None if entropies is None else entropies[0])
         return Suggestion(record.reply, record.action, mean(record.entropies))
 

@@ -3,6 +3,8 @@
 This file is only the Gradio wiring: the layout and event handlers that turn widget values into calls of the modules
 beside it and their results into widget updates.
 
+- :mod:`hosting`: what the operator allows (:class:`hosting.HostPolicy`) and the checks every visitor request passes
+  before anything is imported, built or loaded: every event here is also a public HTTP API.
 - :mod:`agent_settings`: the settings panel, each widget one field of the project's own settings dataclasses.
 - :mod:`agents`: the checkpoint menu, loading agents, the settings a checkpoint was trained with.
 - :mod:`environments`: the environment menu, held-out seeds, the worker pool an episode runs in.
@@ -11,8 +13,8 @@ beside it and their results into widget updates.
 - :mod:`compare`: two checkpoints on the same seeds through :func:`trl_empg.workflows.evaluation.evaluate_agent`.
 - :mod:`render`: tables, confidence colours (EMPG's min-max normalisation over the episode's steps) and the plot.
 
-Run ``python spaces/app.py [--host H] [--port P] [--checkpoint C ...]``; it binds 127.0.0.1 unless ``--host`` or
-``GRADIO_SERVER_NAME`` says otherwise (Hugging Face Spaces sets it to 0.0.0.0).
+Run ``python spaces/app.py [--host H] [--port P] [--checkpoint C ...] [operator settings]``; it binds 127.0.0.1
+unless ``--host`` or ``GRADIO_SERVER_NAME`` says otherwise (Hugging Face Spaces sets it to 0.0.0.0).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from agent_settings import SETTINGS, DemoSettings, Setting, SpaceError
 from agents import BUILTIN_TINY, available_checkpoints, checkpoint_defaults
 from compare import compare_checkpoints
 from environments import DEFAULT_ENV, MENU_SEEDS, SPLIT, env_choices, env_info
+from hosting import HostPolicy, active_policy, configure, policy_flags
 from play import PlaySession
 from render import CSS, entropy_figure, episode_html, game_confidences, play_history_html, suggestion_markdown
 from watch import EpisodeView, run_episode
@@ -46,8 +49,9 @@ INTRO = (
 
 
 def settings_or_error(values: Sequence[Any]) -> DemoSettings | str:
+    """The request's settings, checked by their dataclasses and against the operator's bounds, or the message."""
     try:
-        return DemoSettings.from_values(values)
+        return active_policy().check_settings(DemoSettings.from_values(values))
     except SpaceError as error:
         return f"Error: {error}"
 
@@ -114,7 +118,11 @@ def compare_handler(
     settings = settings_or_error(settings_values)
     if isinstance(settings, str):
         return pd.DataFrame(), settings
-    return compare_checkpoints(checkpoint_a, checkpoint_b, env_id, num_tasks or 0, settings)
+    try:
+        count = active_policy().check_compare_tasks(num_tasks)
+    except SpaceError as error:
+        return pd.DataFrame(), f"Error: {error}"
+    return compare_checkpoints(checkpoint_a, checkpoint_b, env_id, count, settings)
 
 
 def on_checkpoint_change(checkpoint: str) -> list[Any]:
@@ -170,9 +178,11 @@ def settings_panel(defaults: DemoSettings) -> list[gr.components.Component]:
     return widgets
 
 
-def build_demo(checkpoints: Sequence[str] = ()) -> gr.Blocks:
-    """The page: shared checkpoint / env / seed / settings controls, then one tab per view."""
-    checkpoint_menu = available_checkpoints(checkpoints)
+def build_demo(policy: HostPolicy | None = None) -> gr.Blocks:
+    """The page for the operator's ``policy`` (installed for every request; default: the environment's): shared
+    checkpoint / env / seed / settings controls, then one tab per view."""
+    policy = configure(policy or HostPolicy.from_env())
+    checkpoint_menu = available_checkpoints()
     values = [value for _, value in checkpoint_menu]
     with gr.Blocks(title="trl-empg: watch an EMPG agent") as demo:
         gr.Markdown(INTRO)
@@ -180,9 +190,9 @@ def build_demo(checkpoints: Sequence[str] = ()) -> gr.Blocks:
             checkpoint = gr.Dropdown(
                 checkpoint_menu,
                 value=values[0],
-                allow_custom_value=True,
+                allow_custom_value=policy.allow_hub_ids,
                 label="Checkpoint",
-                info="local directory or Hub model id",
+                info="the Space's agents" + (", or type a Hub model id" if policy.allow_hub_ids else ""),
                 scale=3,
             )
             env = gr.Dropdown(env_choices(), value=DEFAULT_ENV, allow_custom_value=True, label="Environment", scale=2)
@@ -198,7 +208,7 @@ def build_demo(checkpoints: Sequence[str] = ()) -> gr.Blocks:
             turns = gr.HTML(episode_html(EpisodeView()), elem_id="episode-turns")
             plot = gr.Plot(label="Step entropy and EMPG weights", elem_id="entropy-plot")
         with gr.Tab("Play yourself"):
-            session = gr.State(None, time_to_live=3600, delete_callback=close_session)
+            session = gr.State(None, time_to_live=policy.session_ttl_s, delete_callback=close_session)
             start_button = gr.Button("Start game", variant="primary", elem_id="start-game")
             play_status = gr.Markdown(elem_id="play-status")
             observation = gr.Markdown(elem_id="play-observation")
@@ -220,11 +230,18 @@ def build_demo(checkpoints: Sequence[str] = ()) -> gr.Blocks:
                 checkpoint_b = gr.Dropdown(
                     checkpoint_menu,
                     value=others[0] if others else values[0],
-                    allow_custom_value=True,
+                    allow_custom_value=policy.allow_hub_ids,
                     label="Checkpoint B",
                     scale=3,
                 )
-                num_tasks = gr.Number(value=5, precision=0, minimum=1, label="number of test tasks", scale=1)
+                num_tasks = gr.Number(
+                    value=min(5, policy.max_compare_tasks),
+                    precision=0,
+                    minimum=1,
+                    maximum=policy.max_compare_tasks,
+                    label="number of test tasks",
+                    scale=1,
+                )
             compare_button = gr.Button("Compare", variant="primary", elem_id="compare")
             compare_summary = gr.Markdown(elem_id="compare-summary")
             compare_table = gr.Dataframe(label="Per task", interactive=False, elem_id="compare-table")
@@ -266,17 +283,20 @@ def build_demo(checkpoints: Sequence[str] = ()) -> gr.Blocks:
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 7860, checkpoints: Sequence[str] = (), *, block: bool = True
+    host: str = "127.0.0.1", port: int = 7860, policy: HostPolicy | None = None, *, block: bool = True
 ) -> gr.Blocks:
-    """Launch the page; with ``block=False`` return once it serves (tests run it in the background)."""
-    demo = build_demo(checkpoints)
-    demo.queue(default_concurrency_limit=1)
+    """Launch the page for the operator's ``policy``; with ``block=False`` return once it serves (tests run it in
+    the background). Every request waits in Gradio's queue: ``concurrency_limit`` run at once, ``max_queue`` wait."""
+    demo = build_demo(policy)
+    policy = active_policy()
+    demo.queue(default_concurrency_limit=policy.concurrency_limit, max_size=policy.max_queue, api_open=False)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, css=CSS, show_error=True)
     return demo
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line options; host and port default to Gradio's own environment variables, then to 127.0.0.1:7860."""
+    """Command-line options: host and port (default: Gradio's own environment variables, then 127.0.0.1:7860) and
+    every operator setting of :class:`hosting.HostPolicy` (default: its ``TRL_EMPG_SPACE_<FIELD>`` variable)."""
     parser = argparse.ArgumentParser(description="trl-empg demo Space: watch, play against and compare agents.")
     parser.add_argument(
         "--host",
@@ -289,18 +309,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         help="port (default: $GRADIO_SERVER_PORT or 7860)",
     )
-    parser.add_argument(
-        "--checkpoint",
-        action="append",
-        default=[],
-        help="checkpoint (local directory or Hub id) to offer first; repeat for more",
-    )
+    singular = {"envs": "allow-env", "checkpoints": "checkpoint"}
+    for name, default, help_text in policy_flags():
+        flag = "--" + singular.get(name, name.replace("_", "-"))
+        variable = f"$TRL_EMPG_SPACE_{name.upper()}"
+        if isinstance(default, tuple):
+            parser.add_argument(flag, dest=name, action="append", help=f"{help_text} Repeatable; adds to {variable}.")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=f"{help_text} ({variable})")
+        else:
+            parser.add_argument(
+                flag, dest=name, type=type(default), help=f"{help_text} (default: {variable} or {default})"
+            )
     return parser.parse_args(argv)
+
+
+def policy_from_args(args: argparse.Namespace) -> HostPolicy:
+    """The operator's settings: the environment variables', then the flags (list flags add to their variable's)."""
+    base = HostPolicy.from_env()
+    overrides = {}
+    for name, default, _ in policy_flags():
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = (*getattr(base, name), *value) if isinstance(default, tuple) else value
+    return HostPolicy.from_env(**overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    serve(args.host, args.port, args.checkpoint)
+    serve(args.host, args.port, policy_from_args(args))
 
 
 if __name__ == "__main__":

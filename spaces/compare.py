@@ -12,12 +12,16 @@ import pandas as pd
 from agent_settings import DemoSettings, SpaceError, first_line
 from agents import mean, resolve_checkpoint
 from environments import SPLIT, env_info
+from hosting import Deadline, active_policy
 
 from trl_empg.workflows.evaluation import evaluate_agent
 
 
-def evaluate(checkpoint: str, env_id: str, seeds: list[int], settings: DemoSettings) -> dict[str, Any]:
-    """One agent's evaluation report on ``seeds`` of the test split, all episodes in one lockstep batch."""
+def evaluate(
+    checkpoint: str, env_id: str, seeds: list[int], settings: DemoSettings, deadline: Deadline
+) -> dict[str, Any]:
+    """One agent's evaluation report on ``seeds`` of the test split, all episodes in one lockstep batch, stopped at
+    the request's ``deadline``."""
     path = resolve_checkpoint(checkpoint)
     try:
         return evaluate_agent(
@@ -32,7 +36,10 @@ def evaluate(checkpoint: str, env_id: str, seeds: list[int], settings: DemoSetti
             batch_size=len(seeds),
             seed=settings.seed,
             env_workers=1,
+            time_limit_s=deadline.remaining(),
         )
+    except TimeoutError:
+        raise deadline.exceeded() from None
     except Exception as error:
         raise SpaceError(f"Cannot evaluate {checkpoint!r}: {first_line(str(error))}") from error
 
@@ -76,8 +83,9 @@ def compare_checkpoints(
         if count < 1:
             raise SpaceError("Compare on at least one task.")
         seeds = list(env_info(env_id, settings.env_kwargs).seeds[:count])
-        report_a = evaluate(checkpoint_a, env_id, seeds, settings)
-        report_b = evaluate(checkpoint_b, env_id, seeds, settings)
+        deadline = active_policy().deadline()
+        report_a = evaluate(checkpoint_a, env_id, seeds, settings, deadline)
+        report_b = evaluate(checkpoint_b, env_id, seeds, settings, deadline)
     except SpaceError as error:
         return pd.DataFrame(), f"Error: {error}"
     lines = [summary_line("A", checkpoint_a, report_a), summary_line("B", checkpoint_b, report_b)]

@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 from agent_settings import SpaceError, first_line
+from hosting import active_policy
 
 from trl_empg.envs import ENV_FAMILIES, make
 from trl_empg.envs.pool import EnvPool
@@ -31,13 +32,14 @@ RESET_TIMEOUT = 120.0
 
 
 def env_choices() -> list[str]:
-    """Env ids for the menu: examples of every registered family (typing any other id works too)."""
+    """Env ids for the menu: examples of every registered family, then the operator's own (any other name of a
+    built-in family can be typed too)."""
     choices = []
     for family, (*_, takes_name) in ENV_FAMILIES.items():
         for name in ENV_EXAMPLES.get(family, ("",)):
             if name or not takes_name:
                 choices.append(f"{family}:{name}" if name else family)
-    return choices
+    return [*choices, *(env_id for env_id in active_policy().envs if env_id not in choices)]
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,10 @@ class EnvInfo:
 
 
 def env_info(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvInfo:
-    """Build ``env_id`` once per set of options to list its test seeds; a missing package or unknown id becomes a
-    :class:`SpaceError`."""
-    return cached_env_info((env_id or "").strip(), json.dumps(env_kwargs or {}, sort_keys=True))
+    """Build ``env_id`` once per set of options to list its test seeds, once the Space's policy allows both; a
+    refused request, a missing package or an unknown id becomes a :class:`SpaceError`."""
+    env_id, env_kwargs = active_policy().check_env(env_id, env_kwargs)
+    return cached_env_info(env_id, json.dumps(env_kwargs, sort_keys=True))
 
 
 @lru_cache(maxsize=32)
@@ -93,10 +96,12 @@ def check_seed(env_id: str, seed: int | str | None, env_kwargs: dict[str, Any] |
 
 
 def open_pool(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvPool:
-    """One env in a worker process: a crash or hang there ends the episode with an error, not the app."""
+    """One env in a worker process, once the Space's policy allows it: a crash or hang there ends the episode with an
+    error, not the app."""
+    env_id, env_kwargs = active_policy().check_env(env_id, env_kwargs)
     return EnvPool(
         env_id,
-        env_kwargs or {},
+        env_kwargs,
         num_workers=1,
         step_timeout=EnvArguments().env_step_timeout,
         reset_timeout=RESET_TIMEOUT,

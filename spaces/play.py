@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from agent_settings import DemoSettings, SpaceError, first_line, plural
 from agents import Suggestion, load_agent
 from environments import SPLIT, check_seed, open_pool
+from hosting import SESSIONS, active_policy, check_text
 
 from trl_empg.envs.pool import EnvPool
 from trl_empg.rollout import AgentPrompts, EpisodeEngine
@@ -53,16 +54,24 @@ class PlaySession:
     """
 
     def __init__(self, checkpoint: str, env_id: str, seed: int | str | None, settings: DemoSettings) -> None:
+        self.pool: EnvPool | None = None
+        self.holds_slot = False
         self.agent = load_agent(checkpoint)
         info, self.seed = check_seed(env_id, seed, settings.env_kwargs)
+        SESSIONS.acquire(active_policy().max_sessions)
+        self.holds_slot = True
         self.env_id = env_id
         self.settings = settings
         rollout = settings.rollout
         prompts = AgentPrompts(rollout.prompt_style, rollout.show_admissible_actions, info.description)
         self.engine = EpisodeEngine(self.agent.tokenizer, rollout, prompts)
         self.turns: list[PlayTurn] = []
-        self.pool: EnvPool | None = open_pool(env_id, settings.env_kwargs)
-        (self.state,) = self.engine.start_all(self.pool, [(0, self.seed, SPLIT)])
+        try:
+            self.pool = open_pool(env_id, settings.env_kwargs)
+            (self.state,) = self.engine.start_all(self.pool, [(0, self.seed, SPLIT)])
+        except BaseException:
+            self.close()
+            raise
         if not self.state.active:
             self.close()
             raise SpaceError(f"The environment failed to start: {first_line(self.state.episode.error or '')}")
@@ -98,7 +107,7 @@ class PlaySession:
 
     def _suggest(self) -> Suggestion | None:
         try:
-            return self.agent.suggest(self.engine, self.state, self.settings.sampling())
+            return self.agent.suggest(self.engine, self.state, self.settings.sampling(), active_policy().deadline())
         except Exception as error:  # E.g. a conversation longer than the model's context: the game goes on.
             return Suggestion(f"(no suggestion: {type(error).__name__}: {error})", None, None)
 
@@ -106,7 +115,7 @@ class PlaySession:
 
     def act(self, move: str | None) -> None:
         """Play ``move`` through the engine; the agent then suggests the next one. Ignored once the game is over."""
-        move = (move or "").strip()
+        move = check_text(move, "That move").strip()
         if self.done or self.pool is None:
             return
         if not move:
@@ -169,6 +178,10 @@ class PlaySession:
         )
 
     def close(self) -> None:
+        """End the game: its environment process and its place among the Space's open sessions."""
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        if self.holds_slot:
+            self.holds_slot = False
+            SESSIONS.release()

@@ -15,6 +15,7 @@ import torch
 from agent_settings import DemoSettings, SpaceError, first_line, plural
 from agents import load_agent, mean
 from environments import SPLIT, check_seed, open_pool
+from hosting import active_policy
 
 from trl_empg.rollout import AgentPrompts, Episode, iter_episodes
 
@@ -99,10 +100,9 @@ def run_episode(checkpoint: str, env_id: str, seed: int | str | None, settings: 
     view = EpisodeView(status=f"Playing {env_id} test task {seed}...", max_entropy=agent.max_entropy)
     torch.manual_seed(settings.seed)
     pool = open_pool(env_id, settings.env_kwargs)
+    generate = agent.generate_fn(settings.sampling(), active_policy().deadline())
     try:
-        turns = iter_episodes(
-            pool, [(seed, SPLIT)], agent.tokenizer, agent.generate_fn(settings.sampling()), rollout, prompts
-        )
+        turns = iter_episodes(pool, [(seed, SPLIT)], agent.tokenizer, generate, rollout, prompts)
         seen: str | None = None  # the user message the agent answers next
         while True:
             try:
@@ -125,6 +125,11 @@ def run_episode(checkpoint: str, env_id: str, seed: int | str | None, settings: 
             seen = record.feedback
             view.status = f"Turn {record.turn + 1} of at most {rollout.max_turns} played..."
             yield view
+    except SpaceError as error:  # The request's time limit.
+        view.error = str(error)
+        view.status, view.finished = f"Error: {view.error}", True
+        yield view
+        return
     except Exception as error:  # A broken checkpoint (e.g. a chat template the rollout cannot extend).
         view.error = f"The episode failed: {type(error).__name__}: {error}"
         view.status, view.finished = f"Error: {view.error}", True

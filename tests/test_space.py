@@ -7,6 +7,7 @@ EMPG's normalisation for the colours, evaluate_agent for comparisons), not the a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -39,6 +40,7 @@ sys.path.insert(0, str(SPACES))  # the Space's modules import each other by name
 import agents  # noqa: E402
 import compare  # noqa: E402
 import environments  # noqa: E402
+import hosting  # noqa: E402
 import play  # noqa: E402
 import render  # noqa: E402
 import watch  # noqa: E402
@@ -67,13 +69,25 @@ SETTINGS_SHORT = DemoSettings.from_mapping(
 PLAY_SETTINGS = SETTINGS_SHORT.replace(max_turns=12, max_completion_length=3000)
 
 
+#: The operator's settings these tests run under: the defaults, plus the crash-test env of tests/fake_envs.py.
+POLICY = hosting.HostPolicy(envs=("fake_envs:FlakyEnv",))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def space_cache(tmp_path_factory):
-    """Build the built-in tiny agent into a temporary cache once for the whole module."""
+    """Build the built-in tiny agent into a temporary cache once for the whole module, under :data:`POLICY`."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRL_EMPG_SPACE_CACHE", str(tmp_path_factory.mktemp("space-cache")))
+        hosting.configure(POLICY)
         agents.resolve_checkpoint(BUILTIN_TINY)
         yield
+
+
+@pytest.fixture
+def operator():
+    """Change the operator's settings for one test: ``operator(checkpoints=(...,))``; restored afterwards."""
+    yield lambda **changes: hosting.configure(dataclasses.replace(POLICY, **changes))
+    hosting.configure(POLICY)
 
 
 def _gold(seed: int = TEST_SEED) -> list[str]:
@@ -132,7 +146,7 @@ def test_settings_are_checked_by_the_dataclasses_and_parse_env_kwargs():
     assert DemoSettings.from_mapping(env_kwargs='{"a": 1}').env_kwargs == {"a": 1}
 
 
-def test_checkpoint_defaults_follow_the_run_config(tmp_path, monkeypatch):
+def test_checkpoint_defaults_follow_the_run_config(tmp_path, monkeypatch, operator):
     recipe = yaml.safe_load(DEFAULT_RECIPE.read_text())
     tiny = agents.checkpoint_defaults(BUILTIN_TINY)
     assert tiny.env_id == recipe["env_id"] == ENV_ID
@@ -143,6 +157,7 @@ def test_checkpoint_defaults_follow_the_run_config(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "quickstart" / "empg"
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
+    operator(checkpoints=(str(run),))
     assert agents.checkpoint_defaults(str(run)).settings == DemoSettings.from_mapping()
     # run_config.json's "training" is EMPGConfig.to_dict(): the same names as the page's settings.
     training = {"prompt_style": "plain", "max_turns": 6, "max_completion_length": 300, "empg_zeta": 0.05, "seed": 42}
@@ -159,7 +174,7 @@ def test_checkpoint_defaults_follow_the_run_config(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     menu = agents.available_checkpoints(["someone/agent"])
-    assert menu[0] == ("someone/agent", "someone/agent")
+    assert menu[:2] == [(str(run), str(run)), ("someone/agent", "someone/agent")]  # the operator's list first
     assert ("EMPG agent (runs/quickstart/empg)", "runs/quickstart/empg") in menu
     assert menu[-1][1] == BUILTIN_TINY
 
@@ -258,7 +273,7 @@ def test_turn_records_match_the_played_episode():
             pool,
             [(TEST_SEED, "test"), (TEST_SEED + 1, "test")],
             agent.tokenizer,
-            agent.generate_fn(SETTINGS_SHORT.sampling()),
+            agent.generate_fn(SETTINGS_SHORT.sampling(), POLICY.deadline()),
             SETTINGS_SHORT.rollout,
             AgentPrompts("plain"),
         )
@@ -301,8 +316,8 @@ def test_play_mode_applies_moves_through_the_engine_to_a_win(monkeypatch):
     contexts = []
     generate_fn = agents.LoadedAgent.generate_fn
 
-    def recording_generate_fn(self, sampling):
-        generate = generate_fn(self, sampling)
+    def recording_generate_fn(self, sampling, deadline):
+        generate = generate_fn(self, sampling, deadline)
 
         def record(prompts, max_new_tokens):
             contexts.append(prompts[0])
@@ -394,7 +409,7 @@ def test_play_mode_ends_where_the_engine_ends_an_episode():
 
 def test_play_mode_messages():
     session, status, *_ = app.start_game(None, "/no/such/checkpoint", ENV_ID, None, *SETTINGS_SHORT.values())
-    assert session is None and status.startswith("Error: Cannot load the agent '/no/such/checkpoint'")
+    assert session is None and status.startswith("Error: The checkpoint '/no/such/checkpoint' is not offered here")
     assert app.play_move(None, "move west")[1] == "Start a game first."
     session = app.start_game(None, BUILTIN_TINY, ENV_ID, None, *SETTINGS_SHORT.values())[0]
     try:
@@ -449,7 +464,7 @@ def test_compare_uses_evaluate_agent(monkeypatch):
     assert summary.count("success 0% (0/2, 95% CI") == 2
 
     table, summary = compare.compare_checkpoints(BUILTIN_TINY, "/no/such/checkpoint", ENV_ID, 2, SETTINGS_SHORT)
-    assert table.empty and summary.startswith("Error: Cannot load the agent '/no/such/checkpoint'")
+    assert table.empty and summary.startswith("Error: The checkpoint '/no/such/checkpoint' is not offered here")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -460,10 +475,10 @@ def test_compare_uses_evaluate_agent(monkeypatch):
 @pytest.mark.parametrize(
     ("checkpoint", "env_id", "seed", "message"),
     [
-        ("/no/such/checkpoint", ENV_ID, None, "Cannot load the agent '/no/such/checkpoint': no such local directory"),
-        ("nobody/no-such-agent", ENV_ID, None, "Cannot load the agent 'nobody/no-such-agent'"),
+        ("/no/such/checkpoint", ENV_ID, None, "The checkpoint '/no/such/checkpoint' is not offered here"),
+        ("nobody/no-such-agent", ENV_ID, None, "The checkpoint 'nobody/no-such-agent' is not offered here"),
         ("", ENV_ID, None, "Choose a checkpoint"),
-        (BUILTIN_TINY, "no-such-env", None, "Cannot create the environment 'no-such-env': Unknown env id"),
+        (BUILTIN_TINY, "no-such-env", None, "The environment 'no-such-env' is not offered here. Built-in families"),
         (BUILTIN_TINY, "twx:no-such-game", None, "Unknown TextWorldExpress game 'no-such-game'"),
         (BUILTIN_TINY, ENV_ID, 5, "5 is not a test seed of twx:coin"),
         (BUILTIN_TINY, ENV_ID, "five", "The task seed must be an integer"),
@@ -511,7 +526,9 @@ def test_environment_options_reach_the_environment():
     with_doors = list(watch.run_episode(BUILTIN_TINY, ENV_ID, TEST_SEED, SETTINGS_SHORT))
     assert "door" in with_doors[-1].steps[0].observation.lower()
     views = list(watch.run_episode(BUILTIN_TINY, ENV_ID, TEST_SEED, SETTINGS_SHORT.replace(env_kwargs={"bogus": 1})))
-    assert views[-1].error and "Cannot create the environment" in views[-1].error
+    assert views[-1].error == (
+        "Environment option(s) ['bogus'] cannot be set here; allowed: ['game_params', 'max_steps', 'gold_plan_draws']."
+    )
 
 
 def test_bad_settings_give_messages():
@@ -534,8 +551,8 @@ def test_bad_settings_give_messages():
 
 def test_env_menu_lists_every_registered_family():
     choices = environments.env_choices()
-    assert choices[0] == ENV_ID
-    assert {choice.partition(":")[0] for choice in choices} == set(ENV_FAMILIES)
+    assert choices[0] == ENV_ID and choices[-1] == "fake_envs:FlakyEnv"  # the operator's own environments last
+    assert {choice.partition(":")[0] for choice in choices[:-1]} == set(ENV_FAMILIES)
     status, seeds = app.on_env_change(ENV_ID)
     assert "1000 held-out test tasks" in status
     assert seeds["value"] == TEST_SEED and len(seeds["choices"]) == environments.MENU_SEEDS
@@ -544,13 +561,27 @@ def test_env_menu_lists_every_registered_family():
 def test_launch_options(monkeypatch):
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    for name in ("TRL_EMPG_SPACE_CHECKPOINTS", "TRL_EMPG_SPACE_ENVS", "TRL_EMPG_SPACE_MAX_TURNS"):
+        monkeypatch.delenv(name, raising=False)
     args = app.parse_args([])
-    assert (args.host, args.port, args.checkpoint) == ("127.0.0.1", 7860, [])
+    assert (args.host, args.port, args.checkpoints) == ("127.0.0.1", 7860, None)
+    assert app.policy_from_args(args) == hosting.HostPolicy()
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
     monkeypatch.setenv("GRADIO_SERVER_PORT", "8000")
     assert (app.parse_args([]).host, app.parse_args([]).port) == ("0.0.0.0", 8000)
     args = app.parse_args(["--host", "127.0.0.2", "--port", "9000", "--checkpoint", "a", "--checkpoint", "b"])
-    assert (args.host, args.port, args.checkpoint) == ("127.0.0.2", 9000, ["a", "b"])
+    assert (args.host, args.port, args.checkpoints) == ("127.0.0.2", 9000, ["a", "b"])
+    # The operator's settings: environment variables first, flags on top (list flags add to the variable's list).
+    monkeypatch.setenv("TRL_EMPG_SPACE_CHECKPOINTS", "me/agent, runs/mine")
+    monkeypatch.setenv("TRL_EMPG_SPACE_MAX_TURNS", "30")
+    args = app.parse_args(["--checkpoint", "a", "--allow-env", "pkg.mod:Env", "--allow-hub-ids", "--max-turns", "10"])
+    policy = app.policy_from_args(args)
+    assert policy.checkpoints == ("me/agent", "runs/mine", "a") and policy.envs == ("pkg.mod:Env",)
+    assert policy.allow_hub_ids is True and policy.max_turns == 10
+    assert app.policy_from_args(app.parse_args([])).max_turns == 30
+    monkeypatch.setenv("TRL_EMPG_SPACE_MAX_TURNS", "many")
+    with pytest.raises(ValueError, match="TRL_EMPG_SPACE_MAX_TURNS must be int, got 'many'"):
+        hosting.HostPolicy.from_env()
 
 
 def test_space_modules_use_no_private_names_of_each_other():
@@ -581,7 +612,7 @@ def client():
     from gradio_client import Client
 
     port = _free_port()
-    demo = app.serve("127.0.0.1", port, block=False)
+    demo = app.serve("127.0.0.1", port, POLICY, block=False)
     try:
         yield Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:
@@ -604,9 +635,10 @@ def test_api_runs_an_episode(client):
 
 def test_api_reports_bad_checkpoints_and_keeps_serving(client):
     values = SETTINGS_SHORT.values()
-    status, page, plot = client.predict("nobody/no-such-agent", ENV_ID, None, *values, api_name="/run_episode")
-    assert status.startswith("Error: Cannot load the agent 'nobody/no-such-agent'") and plot is None
-    status, *_ = client.predict("", "no-such-env", None, *values, api_name="/run_episode")
-    assert status == "Error: Choose a checkpoint: a local directory, a Hub model id or the built-in tiny agent."
+    # The checkpoint menu takes no typed values (the operator did not allow Hub ids): Gradio refuses them itself.
+    with pytest.raises(Exception, match="not in the list of choices"):
+        client.predict("nobody/no-such-agent", ENV_ID, None, *values, api_name="/run_episode")
+    status, *_ = client.predict(BUILTIN_TINY, "no-such-env", None, *values, api_name="/run_episode")
+    assert status.startswith("Error: The environment 'no-such-env' is not offered here.")
     status, page, _ = client.predict(BUILTIN_TINY, ENV_ID, None, *values, api_name="/run_episode")
     assert page.count('class="turn-row"') == 3

@@ -3,6 +3,10 @@
 ``make("twx:coin")``, ``make("scienceworld:boil")``, ``make("alfworld")``, ``make("textworld:cooking")`` or
 ``make("my_pkg.my_module:MyEnv", **kwargs)`` for a user environment class (or factory) following the protocol in
 :mod:`trl_empg.envs.base`.
+
+An env id and its kwargs are code to run, like a recipe: a ``package.module:Class`` id imports that module and calls
+that class with the kwargs. Programs and recipes pass ids from the person launching them; a service taking ids from
+strangers (the demo Space) must check them against its own allowlist before calling :func:`make`.
 """
 
 from __future__ import annotations
