@@ -1,5 +1,5 @@
-"""SFT warm start: gold conversations are token-exact RL conversations, noise and splits behave, masks cover exactly
-the assistant turns, and a short real run teaches a tiny agent the action format."""
+"""SFT warm start: gold demonstrations are token-exact RL episodes, noise and splits behave, labels cover exactly
+the model's tokens of the rollout, and a short real run teaches a tiny agent the action format."""
 
 from __future__ import annotations
 
@@ -116,8 +116,16 @@ def test_format_reply_is_what_the_rollout_parses():
 
 @pytest.mark.parametrize("style", ["plain", "react"])
 def test_conversations_are_token_exact_rollout_conversations(coin_pool, tokenizer, description, style):
-    dataset = gold_conversations(ENV, num_tasks=6, rollout=RolloutArguments(prompt_style=style))
-    assert dataset.column_names == ["messages", "task_seed", "task_split", "actions", "gold_actions"]
+    dataset = gold_conversations(ENV, tokenizer, num_tasks=6, rollout=RolloutArguments(prompt_style=style))
+    assert dataset.column_names == [
+        "input_ids",
+        "labels",
+        "messages",
+        "task_seed",
+        "task_split",
+        "actions",
+        "gold_actions",
+    ]
     replies = [[format_reply(a, style) for a in row] for row in dataset["gold_actions"]]
     episodes = replay(coin_pool, tokenizer, dataset, style, replies, description)
     newline = tokenizer.encode("\n", add_special_tokens=False)
@@ -129,13 +137,14 @@ def test_conversations_are_token_exact_rollout_conversations(coin_pool, tokenize
         rendered = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=False)
         # The rollout's tokens end with the last reply's EOS; the template adds its newline after it.
         assert episode.prompt_ids + episode.completion_ids + newline == rendered
+        assert row["input_ids"] == episode.prompt_ids + episode.completion_ids
 
 
 def test_noise_replaces_labels_but_the_env_follows_the_gold_plan(coin_pool, tokenizer, description):
-    clean = gold_conversations(ENV, num_tasks=150, rollout=PLAIN)
+    clean = gold_conversations(ENV, tokenizer, num_tasks=150, rollout=PLAIN)
     assert all(row["actions"] == row["gold_actions"] for row in clean)
 
-    noisy = gold_conversations(ENV, num_tasks=150, rollout=PLAIN, noise=0.25, seed=1)
+    noisy = gold_conversations(ENV, tokenizer, num_tasks=150, rollout=PLAIN, noise=0.25, seed=1)
     labels = [(a, g) for row in noisy for a, g in zip(row["actions"], row["gold_actions"])]
     wrong = sum(a != g for a, g in labels) / len(labels)
     assert len(labels) > 600 and abs(wrong - 0.25) < 0.06, wrong  # ~4 standard deviations
@@ -145,7 +154,7 @@ def test_noise_replaces_labels_but_the_env_follows_the_gold_plan(coin_pool, toke
         for user, label in zip(turns[1::2], row["actions"]):  # every label is admissible where it is said
             assert label in user["content"].split("Admissible actions: ")[1].split(", ")
     always = gold_conversations(
-        ENV, num_tasks=20, rollout=PLAIN, noise=1.0
+        ENV, tokenizer, num_tasks=20, rollout=PLAIN, noise=1.0
     )  # coin always has other admissible actions
     assert all(a != g for row in always for a, g in zip(row["actions"], row["gold_actions"]))
 
@@ -158,43 +167,39 @@ def test_noise_replaces_labels_but_the_env_follows_the_gold_plan(coin_pool, toke
         assert users == [m for m in episode.messages[:-1] if m["role"] == "user"]
 
 
-def test_only_the_requested_split_and_short_plans(seeds):
-    train = gold_conversations(ENV, num_tasks=40, rollout=RolloutArguments(max_turns=3))
+def test_only_the_requested_split_and_short_plans(seeds, tokenizer):
+    train = gold_conversations(ENV, tokenizer, num_tasks=40, rollout=RolloutArguments(max_turns=3))
     assert set(train["task_split"]) == {"train"}
     assert set(train["task_seed"]) <= set(seeds["train"][:40])
     assert not set(train["task_seed"]) & (set(seeds["dev"]) | set(seeds["test"]))
     assert 10 < len(train) < 40 and all(len(row["actions"]) <= 3 for row in train)  # longer plans are skipped
-    test = gold_conversations(ENV, split="test", num_tasks=5)
+    test = gold_conversations(ENV, tokenizer, split="test", num_tasks=5)
     assert test["task_seed"] == seeds["test"][:5] and set(test["task_split"]) == {"test"}
     with pytest.raises(ValueError, match="noise"):
-        gold_conversations(ENV, noise=1.5)
+        gold_conversations(ENV, tokenizer, noise=1.5)
 
 
-def test_assistant_only_loss_covers_exactly_the_assistant_turns(
-    agent_dir, tokenizer, coin_pool, description, tmp_path
-):
+def test_loss_covers_exactly_the_tokens_the_policy_generates(agent_dir, tokenizer, coin_pool, description, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    dataset = gold_conversations(ENV, num_tasks=4, rollout=RolloutArguments(prompt_style="react"))
+    dataset = gold_conversations(ENV, tokenizer, num_tasks=4, rollout=RolloutArguments(prompt_style="react"))
     model = AutoModelForCausalLM.from_pretrained(agent_dir)
-    trainer = sft_trainer(model, tokenizer, dataset.select_columns(["messages"]), tmp_path, max_steps=1)
-    assert tokenizer.chat_template == qwen2_5_chat_template  # the training template is only used to tokenise
+    trainer = sft_trainer(model, tokenizer, dataset, tmp_path, max_steps=1)
+    assert tokenizer.chat_template == qwen2_5_chat_template  # TRL never swaps in a training template
+    assert trainer.train_dataset.column_names == ["input_ids", "labels"]
     prepared = {tuple(row["input_ids"]): row["labels"] for row in trainer.train_dataset}
     replies = [[m["content"] for m in row["messages"] if m["role"] == "assistant"] for row in dataset]
     episodes = replay(coin_pool, tokenizer, dataset, "react", replies, description)
-    newline = tokenizer.encode("\n", add_special_tokens=False)
     for episode in episodes:
-        input_ids = episode.prompt_ids + episode.completion_ids + newline
+        input_ids = episode.prompt_ids + episode.completion_ids
         labels = prepared[tuple(input_ids)]
         offset = len(episode.prompt_ids)
         generated = {offset + i for i, bit in enumerate(episode.env_mask) if bit}  # what the agent says in RL
-        starts = {i for i in generated if i - 1 not in generated}
-        ends = {i for i in generated if i + 1 not in generated}
-        framing = {i - 1 for i in starts} | {i + 1 for i in ends}  # the template's newline around each turn
-        assert all(input_ids[i : i + 1] == newline for i in framing)
         trained = {i for i, label in enumerate(labels) if label != -100}
-        assert trained == generated | framing
+        assert trained == generated  # each reply and its EOS; no template framing, no observation
         assert all(labels[i] == input_ids[i] for i in trained)
+    with pytest.raises(ValueError, match="pre-tokenised"):
+        sft_trainer(model, tokenizer, dataset.select_columns(["messages"]), tmp_path, max_steps=1)
 
 
 def action_rates(policy: HFPolicy, pool, seeds: list[int], description: str) -> tuple[float, float]:

@@ -11,8 +11,11 @@ over the given episodes, one batched :meth:`EnvPool.step`, then both applied. Th
 
 Token exactness: the model's generated ids are kept as generated (never decoded and re-encoded), and each
 observation turn is the chat template's own rendering of the next user message plus the generation header
-(:class:`~.prompts.ObservationTokens`), so ``prompt_ids + completion_ids`` equals the chat template's rendering of
-``messages`` and the trainer trains on exactly what the policy saw.
+(:class:`~.prompts.ChatFormat`), so ``prompt_ids + completion_ids`` equals the chat template's rendering of
+``messages`` and the trainer trains on exactly what the policy saw. A reply cut at the turn's token limit never said
+its end of turn; before the next observation turn the engine closes it with the template's end of turn
+(:attr:`~.prompts.ChatFormat.end_of_turn`, env_mask 0 and step id -1: the model did not generate it), so later turns
+never see an assistant message that did not close, and the equality holds for cut replies too.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .prompts import AgentPrompts, ObservationTokens, parse_action, render_chat
+from .prompts import AgentPrompts, ChatFormat, parse_action
 from .settings import RolloutArguments
 
 if TYPE_CHECKING:
@@ -53,10 +56,11 @@ class Episode:
     #: System + first observation rendered with the chat template, ending with the assistant generation header.
     prompt_ids: list[int]
     #: Model turn 0, observation turn 1, model turn 1, ...; always ends with a model turn (empty if none was played).
+    #: An observation turn that follows a reply cut before its EOS starts with the template's end of turn.
     completion_ids: list[int] = field(default_factory=list)
-    #: 1 on model tokens, 0 on observation tokens.
+    #: 1 on model tokens, 0 on observation tokens (and on the end of turn closing a cut reply).
     env_mask: list[int] = field(default_factory=list)
-    #: The turn index on model tokens, -1 on observation tokens.
+    #: The turn index on model tokens, -1 elsewhere.
     step_ids: list[int] = field(default_factory=list)
     #: Generation entropies on model tokens and 0.0 on observation tokens; None when the backend gave none.
     entropies: list[float] | None = field(default_factory=list)
@@ -174,10 +178,8 @@ class EpisodeEngine:
         self.tokenizer = tokenizer
         self.settings = settings
         self.prompts = prompts or AgentPrompts(settings.prompt_style, settings.show_admissible_actions)
-        self.eos = tokenizer.eos_token_id
-        if self.eos is None:
-            raise ValueError("The tokenizer has no EOS token; multi-turn rollouts need it to end the model's turns.")
-        self.observation_tokens = ObservationTokens(tokenizer)
+        self.chat = ChatFormat(tokenizer)
+        self.eos = self.chat.eos
         self.system = {"role": "system", "content": self.prompts.system()}
 
     # -- starting ----------------------------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ class EpisodeEngine:
         """A new episode in ``slot`` from the env's reset result (a failed reset is an episode that already ended)."""
         admissible = list(reset.info.get("admissible_actions") or [])
         user = {"role": "user", "content": self.prompts.first_user(reset.observation, admissible)}
-        prompt_ids = render_chat(self.tokenizer, [self.system, user], add_generation_prompt=True)
+        prompt_ids = self.chat.render([self.system, user], add_generation_prompt=True)
         episode = Episode(prompt_ids=prompt_ids, messages=[self.system, user])
         state = EpisodeState(slot, episode, admissible, reset.observation)
         state.step_prompt_ids = prompt_ids
@@ -252,7 +254,7 @@ class EpisodeEngine:
         history = [(messages[1 + 2 * j]["content"], messages[2 + 2 * j]["content"]) for j in range(first, turn)]
         content = self.prompts.step_user(messages[1]["content"], turn, history, messages[-1]["content"])
         user = {"role": "user", "content": content}
-        return render_chat(self.tokenizer, [self.system, user], add_generation_prompt=True)
+        return self.chat.render([self.system, user], add_generation_prompt=True)
 
     def reply_ids(self, text: str) -> list[int]:
         """A reply typed as text (a human in the demo) as the token ids a model would have ended with EOS."""
@@ -319,7 +321,9 @@ class EpisodeEngine:
         if self.step_layout:  # the observation goes into the next turn's prompt, not into the completion
             state.step_prompt_ids = self._step_prompt(episode)
             return
-        ids = self.observation_tokens(episode.messages[-1]["content"])
+        # The completion ends with the last reply here; one cut before its EOS is closed as the template closes it.
+        closing = [] if episode.completion_ids[-1] == self.eos else self.chat.end_of_turn
+        ids = closing + self.chat.observation(episode.messages[-1]["content"])
         if len(episode.completion_ids) + len(ids) + 1 > self.settings.max_completion_length:
             state.finish("token_budget")
             return

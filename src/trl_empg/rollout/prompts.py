@@ -1,4 +1,4 @@
-"""What the agent sees and says: prompt texts, the chat-template token ids of observation turns, action parsing.
+"""What the agent sees and says: prompt texts, the chat template's token-exact rendering, action parsing.
 
 Kept in one module so that training, evaluation, the warm start and the demo Space show the agent exactly the same
 words and read its replies the same way; a subclass of :class:`AgentPrompts` changes the wording everywhere.
@@ -12,7 +12,7 @@ from typing import Any
 
 from .settings import PROMPT_STYLES, check_choice
 
-__all__ = ["AgentPrompts", "ObservationTokens", "parse_action", "render_chat"]
+__all__ = ["AgentPrompts", "ChatFormat", "parse_action", "render_chat"]
 
 _ACTION_RE = re.compile(r"<action>(.*?)</action>", re.DOTALL)
 
@@ -98,12 +98,22 @@ def parse_action(text: str, style: str, end_token: str = "<|im_end|>") -> str | 
     return action or None
 
 
-class ObservationTokens:
-    """Token ids of an observation turn, as the chat template renders it after an assistant turn.
+class ChatFormat:
+    """The chat template's token-exact rendering of an episode, for one tokenizer: the one place that knows how a
+    conversation becomes the ids the model sees, for the rollout, the warm start and evaluation alike.
 
-    Same method as TRL's tool-result suffix: render a dummy conversation with and without the extra user message plus
-    the generation header, trim the shorter one at its last EOS (templates may put a newline after EOS) and take the
-    difference. The dummy prefix is rendered once; each observation costs one template rendering.
+    Works with any template that is prefix-preserving (one more message never changes the tokens before it) and ends
+    an assistant turn with the tokenizer's EOS token (ChatML's ``<|im_end|>``, Llama 3's ``<|eot_id|>``, ...):
+
+    - :meth:`render`: the template's ids of a conversation. A template that refuses a system message (it raises) or
+      silently drops it gets the system prompt folded into the first user message, so the agent still sees it.
+    - :meth:`observation`: an observation turn, as appended after the model's EOS. Same method as TRL's tool-result
+      suffix: render a dummy conversation with and without the extra user message plus the generation header, trim
+      the shorter one at its last EOS (templates may put a newline after EOS) and take the difference.
+    - :attr:`end_of_turn`: what the template puts after an assistant reply's content up to and including the EOS
+      (usually the EOS alone), which closes a reply that was cut before the model said it.
+
+    The dummy prefix is rendered once; each observation costs one template rendering.
     """
 
     _DUMMY = [
@@ -111,23 +121,70 @@ class ObservationTokens:
         {"role": "user", "content": "dummy"},
         {"role": "assistant", "content": "dummy"},
     ]
+    #: A system prompt whose text must appear in the rendering if the template shows system messages.
+    _SYSTEM_PROBE = "system-probe-7f3a"
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        prefix = render_chat(tokenizer, self._DUMMY, add_generation_prompt=False)
-        eos_positions = [i for i, token in enumerate(prefix) if token == tokenizer.eos_token_id]
+        self.eos = tokenizer.eos_token_id
+        if self.eos is None:
+            raise ValueError("The tokenizer has no EOS token; multi-turn rollouts need it to end the model's turns.")
+        self.folds_system = not self._shows_system()
+        rendered = self.render(self._DUMMY, add_generation_prompt=False)
+        eos_positions = [i for i, token in enumerate(rendered) if token == self.eos]
         if not eos_positions:
             raise ValueError(
                 "The chat template does not end an assistant turn with the tokenizer's EOS token "
                 f"({tokenizer.eos_token!r}); multi-turn rollouts need it to separate the model's turns."
             )
-        self.prefix = prefix[: eos_positions[-1] + 1]
-        self("probe")  # Fail before any episode starts if the template cannot be extended this way.
+        self.prefix = rendered[: eos_positions[-1] + 1]
+        self.end_of_turn = self._end_of_turn()
+        self.observation("probe")  # Fail before any episode starts if the template cannot be extended this way.
 
-    def __call__(self, content: str) -> list[int]:
-        full = render_chat(
-            self.tokenizer, [*self._DUMMY, {"role": "user", "content": content}], add_generation_prompt=True
-        )
+    def _shows_system(self) -> bool:
+        from jinja2.exceptions import TemplateError
+
+        probe = [{"role": "system", "content": self._SYSTEM_PROBE}, {"role": "user", "content": "dummy"}]
+        try:
+            text = self.tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+        except TemplateError:  # raise_exception('System role not supported'), as Gemma's templates do
+            return False
+        return self._SYSTEM_PROBE in text
+
+    def _end_of_turn(self) -> list[int]:
+        """The tokens after the dummy reply's content in :attr:`prefix` (which ends with the EOS)."""
+        header = self.render(self._DUMMY[:2], add_generation_prompt=True)
+        if self.prefix[: len(header)] != header:
+            raise ValueError(
+                "The chat template is not prefix-preserving: its generation prompt is not the start of its rendering "
+                "of an assistant reply, so the model's replies cannot be appended to the prompt token-exactly."
+            )
+        turn = self.prefix[len(header) :]
+        content = self._DUMMY[-1]["content"]
+        # The shortest tail after which the reply's tokens decode to exactly its content.
+        for split in range(len(turn) - 1, -1, -1):
+            if self.tokenizer.decode(turn[:split], skip_special_tokens=False) == content:
+                return turn[split:]
+        raise ValueError("Could not find where the chat template ends an assistant reply's content.")
+
+    def messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """``messages`` as the template is given them: with the system prompt folded into the first user message
+        when the template cannot show a system message (:attr:`folds_system`), else unchanged."""
+        if not (self.folds_system and messages and messages[0]["role"] == "system"):
+            return messages
+        system, rest = messages[0]["content"], messages[1:]
+        if rest and rest[0]["role"] == "user":
+            return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
+        return [{"role": "user", "content": system}, *rest]
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+        """The chat template's token ids of ``messages`` (system prompt folded where the template needs it)."""
+        return render_chat(self.tokenizer, self.messages(messages), add_generation_prompt)
+
+    def observation(self, content: str) -> list[int]:
+        """Token ids of a user message with ``content`` and the next generation header, as the template renders
+        them after an assistant turn that ended with EOS."""
+        full = self.render([*self._DUMMY, {"role": "user", "content": content}], add_generation_prompt=True)
         if full[: len(self.prefix)] != self.prefix:
             raise ValueError(
                 "The chat template is not prefix-preserving: rendering a conversation with one more user message "
@@ -140,7 +197,7 @@ class ObservationTokens:
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-    """The chat template's token ids of ``messages``."""
+    """The chat template's token ids of ``messages``, exactly as given (see :meth:`ChatFormat.render`)."""
     return list(
         tokenizer.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False

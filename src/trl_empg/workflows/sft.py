@@ -1,19 +1,18 @@
 """Warm start: supervised fine-tuning on an environment's gold (expert) trajectories with TRL's ``SFTTrainer``.
 
 RL from a randomly initialised or format-naive model wastes most rollouts on malformed replies, so agents first
-imitate the environment's expert plans. The demonstrations are the conversations the RL rollout would produce if the
-agent replayed the plan: the same :class:`~trl_empg.rollout.AgentPrompts` texts (system prompt with the env's task
-description, first observation, observation turns with the admissible actions) and the same reply format per prompt
-style. During RL the agent sees the whole growing conversation, so every assistant turn is trained in its full-history
-context: rows are complete conversations in TRL's conversational ``messages`` format, trained with
-``assistant_only_loss=True``. TRL then renders them with its training variant of the chat template (the plain
-template plus ``{% generation %}`` markers, token-identical) only while tokenising; the tokenizer keeps the plain
-template, which GRPO/EMPG training recognises.
+imitate the environment's expert plans. The demonstrations are RL episodes: each gold plan is replayed through the
+rollout's own :class:`~trl_empg.rollout.EpisodeEngine`, the agent "saying" the plan's replies, with the same
+:class:`~trl_empg.rollout.AgentPrompts` texts (system prompt with the env's task description, first observation,
+observation turns with the admissible actions), the same reply format per prompt style and the same token-exact chat
+rendering (:class:`~trl_empg.rollout.prompts.ChatFormat`). During RL the agent sees the whole growing conversation, so
+every assistant turn is trained in its full-history context.
 
-The loss covers every assistant turn as the training template marks it: the reply, its ``<|im_end|>``, and the
-template's framing newline on either side (after ``<|im_start|>assistant`` and after ``<|im_end|>``). The framing
-newlines are not generated during RL (the first ends the generation prompt, the second starts the next observation)
-and are fully predictable, so they only dilute the reported loss slightly.
+Rows are pre-tokenised: ``input_ids`` are the episode's ``prompt_ids + completion_ids`` and ``labels`` keep exactly
+the tokens the rollout marks as the model's (``env_mask`` 1: each reply and its EOS), -100 elsewhere. What is trained
+is therefore token for token what the RL policy generates, for any chat template the engine can render (ChatML with a
+default system prompt, Llama 3, templates without a system role), not only the templates TRL knows how to patch for
+its assistant-only loss; TRL's ``SFTTrainer`` only runs the training loop and never touches the chat template.
 
 Label noise (``noise``): an expert-perfect start leaves RL nothing to improve and collapses exploration, so a fraction
 of the assistant labels is replaced by a different admissible action, drawn uniformly. The environment is still
@@ -35,8 +34,9 @@ from typing import Any
 from datasets import Dataset
 
 from ..envs import make
+from ..envs.pool import StepResult
 from ..hub.push import RUN_CONFIG_NAME
-from ..rollout import PROMPT_STYLES, AgentPrompts
+from ..rollout import PROMPT_STYLES, AgentPrompts, Episode, EpisodeEngine
 from ..rollout.settings import EnvArguments, RolloutArguments
 
 __all__ = ["SFTArguments", "format_reply", "gold_conversations", "main", "run_sft", "sft_trainer"]
@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 #: random walk on every reset (not a function of the seed), so a later draw is often short enough; for games with
 #: fixed plans the extra resets cost a few milliseconds before the task is skipped.
 PLAN_REDRAWS = 4
+
+#: Token limits of the replay that records a demonstration: no gold reply or plan is ever cut (see gold_conversations).
+UNLIMITED_TOKENS = 10**9
 
 
 def format_reply(action: str, style: str) -> str:
@@ -62,6 +65,7 @@ def format_reply(action: str, style: str) -> str:
 
 def gold_conversations(
     env_id: str,
+    tokenizer: Any,
     env_kwargs: dict[str, Any] | None = None,
     split: str = "train",
     num_tasks: int | None = None,
@@ -69,48 +73,71 @@ def gold_conversations(
     noise: float = 0.0,
     seed: int = 0,
 ) -> Dataset:
-    """One conversation per task of ``split`` (its first ``num_tasks`` seeds, as the RL task dataset picks them): the
-    env's gold plan played from ``reset``, recorded exactly as the RL rollout presents it to the agent under
+    """One demonstration per task of ``split`` (its first ``num_tasks`` seeds, as the RL task dataset picks them):
+    the env's gold plan played from ``reset`` through the RL rollout's episode engine for ``tokenizer``, under
     ``rollout`` (its ``prompt_style``, ``show_admissible_actions`` and ``max_turns``; default RolloutArguments()).
 
-    Columns: ``messages`` (system, user, assistant, ..., ending with the winning assistant turn; the final observation
-    is not trained and left out), ``task_seed``, ``task_split``, ``actions`` (the assistant labels) and
-    ``gold_actions`` (what the env was stepped with; they differ where noise replaced a label).
+    Columns: ``input_ids`` (the episode's tokens, ending with the winning reply's EOS), ``labels`` (those ids on the
+    model's tokens, -100 elsewhere), ``messages`` (system, user, assistant, ..., ending with the winning assistant
+    turn; the final observation is not trained and left out), ``task_seed``, ``task_split``, ``actions`` (the
+    assistant labels) and ``gold_actions`` (what the env was stepped with; they differ where noise replaced a label).
 
     Only plans that win within ``max_turns`` actions are kept, so no demonstration is longer than an RL episode may be:
     a longer plan is re-drawn up to :data:`PLAN_REDRAWS` times (coin's plans are random walks that differ on every
     reset, so its dataset is reproducible only in distribution), then its task is skipped, as are tasks whose plan is
-    empty or does not win. ``noise`` is the probability that a label is replaced by another admissible action (kept
-    gold when there is none); the draws are seeded by ``(seed, task seed)``. Use ``split="train"`` for training: the
-    dev and test seeds are the held-out tasks agents are evaluated on.
+    empty or does not win. The token limits (``max_turn_tokens``, ``max_completion_length``) do not apply: a whole
+    demonstration is kept, since cutting one would drop its late turns, whose long contexts RL shows the agent too.
+    ``noise`` is the probability that a label is replaced by another admissible action (kept gold when there is none);
+    the draws are seeded by ``(seed, task seed)``. Use ``split="train"`` for training: the dev and test seeds are the
+    held-out tasks agents are evaluated on.
     """
     if not 0.0 <= noise <= 1.0:
         raise ValueError(f"noise must be in [0, 1], got {noise}.")
     rollout = rollout or RolloutArguments()
-    max_turns = rollout.max_turns
     if num_tasks is not None and num_tasks < 1:
         raise ValueError(f"num_tasks must be >= 1 or None, got {num_tasks}.")
+    # The RL run's settings (an EMPGConfig works too), with the token limits lifted (see above) and the episode layout,
+    # whose one sample per episode is the whole conversation.
+    settings = RolloutArguments(
+        **{
+            **{f.name: getattr(rollout, f.name) for f in fields(RolloutArguments)},
+            "max_turn_tokens": UNLIMITED_TOKENS,
+            "max_completion_length": UNLIMITED_TOKENS,
+            "rollout_layout": "episode",
+        }
+    )
     env = make(env_id, **(env_kwargs or {}))
     try:
         prompts = AgentPrompts(
-            rollout.prompt_style, rollout.show_admissible_actions, getattr(env, "task_description", "") or ""
+            settings.prompt_style, settings.show_admissible_actions, getattr(env, "task_description", "") or ""
         )
+        engine = EpisodeEngine(tokenizer, settings, prompts)
         seeds = list(env.task_seeds(split))[:num_tasks]
         rows: dict[str, list[Any]] = {
-            "messages": [],
-            "task_seed": [],
-            "task_split": [],
-            "actions": [],
-            "gold_actions": [],
+            name: []
+            for name in ("input_ids", "labels", "messages", "task_seed", "task_split", "actions", "gold_actions")
         }
         skipped = 0
         for task_seed in seeds:
-            demo = _play_gold(env, prompts, task_seed, split, max_turns, noise, random.Random(f"{seed}:{task_seed}"))
+            demo = _play_gold(env, engine, task_seed, split, noise, random.Random(f"{seed}:{task_seed}"))
             if demo is None:
                 skipped += 1
                 continue
-            messages, actions, gold = demo
-            for key, value in zip(rows, (messages, task_seed, split, actions, gold)):
+            episode, actions, gold = demo
+            last = max(i for i, bit in enumerate(episode.env_mask) if bit) + 1  # the winning reply's EOS
+            completion, mask = episode.completion_ids[:last], episode.env_mask[:last]
+            rows["input_ids"].append(episode.prompt_ids + completion)
+            rows["labels"].append(
+                [-100] * len(episode.prompt_ids) + [t if m else -100 for t, m in zip(completion, mask)]
+            )
+            final = max(i for i, message in enumerate(episode.messages) if message["role"] == "assistant")
+            rows["messages"].append(episode.messages[: final + 1])
+            for key, value in (
+                ("task_seed", task_seed),
+                ("task_split", split),
+                ("actions", actions),
+                ("gold_actions", gold),
+            ):
                 rows[key].append(value)
     finally:
         env.close()
@@ -121,20 +148,21 @@ def gold_conversations(
             skipped,
             len(seeds),
             split,
-            max_turns,
+            settings.max_turns,
         )
     if not rows["messages"]:
         raise ValueError(
-            f"{env_id} gave no usable gold plan on {len(seeds)} {split} tasks (max_turns={max_turns}); supervised "
-            "warm starts need an environment that reports info['gold_actions'] on reset."
+            f"{env_id} gave no usable gold plan on {len(seeds)} {split} tasks (max_turns={settings.max_turns}); "
+            "supervised warm starts need an environment that reports info['gold_actions'] on reset."
         )
     return Dataset.from_dict(rows)
 
 
 def _play_gold(
-    env: Any, prompts: AgentPrompts, task_seed: int, split: str, max_turns: int, noise: float, rng: random.Random
-) -> tuple[list[dict[str, str]], list[str], list[str]] | None:
-    """Play one task's gold plan; the conversation, labels and stepped actions of a win, or None."""
+    env: Any, engine: EpisodeEngine, task_seed: int, split: str, noise: float, rng: random.Random
+) -> tuple[Episode, list[str], list[str]] | None:
+    """Replay one task's gold plan through ``engine``; the episode, labels and stepped actions of a win, or None."""
+    max_turns = engine.settings.max_turns
     for _ in range(1 + PLAN_REDRAWS):
         observation, info = env.reset(seed=task_seed, split=split)
         plan = list(info.get("gold_actions") or [])
@@ -142,22 +170,19 @@ def _play_gold(
             break
     if not plan or len(plan) > max_turns:
         return None
-    admissible = list(info.get("admissible_actions") or [])
-    messages = [
-        {"role": "system", "content": prompts.system()},
-        {"role": "user", "content": prompts.first_user(observation, admissible)},
-    ]
-    actions: list[str] = []
-    for turn, gold in enumerate(plan):
-        alternatives = [action for action in admissible if action != gold]
+    state = engine.start(0, StepResult(observation=observation, reward=0.0, done=False, info=info))
+    labels: list[str] = []
+    for gold in plan:
+        alternatives = [action for action in state.admissible_actions if action != gold]
         label = rng.choice(alternatives) if alternatives and rng.random() < noise else gold
-        messages.append({"role": "assistant", "content": format_reply(label, prompts.style)})
-        actions.append(label)
-        observation, _, done, info = env.step(gold)
-        if done or info.get("won"):
-            return (messages, actions, plan[: turn + 1]) if info.get("won") else None
-        admissible = list(info.get("admissible_actions") or [])
-        messages.append({"role": "user", "content": prompts.observation(observation, admissible)})
+        labels.append(label)
+        record = engine.apply_reply(state, engine.reply_ids(format_reply(label, engine.prompts.style)), None)
+        observation, reward, done, info = env.step(gold)
+        engine.apply_result(state, record, StepResult(observation, float(reward), bool(done), info))
+        if state.episode.won:  # a plan may win before the env reports done; nothing after the win is trained
+            return state.episode, labels, plan[: len(labels)]
+        if not state.active:
+            return None
     return None
 
 
@@ -173,8 +198,9 @@ def sft_trainer(
     logging_steps: int = 10,
     seed: int = 0,
 ) -> Any:
-    """The ``SFTTrainer`` :func:`run_sft` trains with: assistant-only loss on whole conversations of ``dataset``,
-    ``per_device_train_batch_size`` conversations per optimizer step.
+    """The ``SFTTrainer`` :func:`run_sft` trains with: pre-tokenised demonstrations (``dataset`` has the
+    ``input_ids`` and ``labels`` of :func:`gold_conversations`), loss on the labelled tokens only,
+    ``per_device_train_batch_size`` demonstrations per optimizer step.
 
     On the GPU (bf16 where supported) a step is one padded batch. On the CPU (fp32) it accumulates the gradients of
     one conversation at a time: demonstrations range from ~200 to ~3000 tokens, and a padded batch both wastes compute
@@ -193,7 +219,9 @@ def sft_trainer(
         learning_rate=learning_rate,
         per_device_train_batch_size=micro_batch,
         gradient_accumulation_steps=per_device_train_batch_size // micro_batch,
-        assistant_only_loss=True,
+        # The labels already mask all but the model's tokens; TRL's template-based assistant mask would need
+        # generation markers or a template it knows how to patch, and could disagree with what the rollout trains.
+        assistant_only_loss=False,
         # Whole conversations: cutting one would drop its late turns, whose long contexts RL shows the agent too.
         max_length=None,
         use_cpu=not use_gpu,
@@ -206,7 +234,15 @@ def sft_trainer(
         report_to="none",
         seed=seed,
     )
-    return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    missing = {"input_ids", "labels"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"sft_trainer needs pre-tokenised demonstrations (gold_conversations); missing {missing}.")
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset.select_columns(["input_ids", "labels"]),
+        processing_class=tokenizer,
+    )
 
 
 def run_sft(
@@ -238,17 +274,18 @@ def run_sft(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     output_dir = Path(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    chat_template = tokenizer.chat_template
     dataset = gold_conversations(
         env_id,
+        tokenizer,
         env_kwargs,
         split="train",
         num_tasks=num_tasks,
         rollout=rollout,
         noise=noise,
         seed=seed,
-    ).select_columns(["messages"])
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-    chat_template = tokenizer.chat_template
+    )
     # On the CPU, train fp32 weights whatever the checkpoint's dtype: there is no mixed precision to keep master
     # weights in fp32 there.
     dtype = "auto" if torch.cuda.is_available() else torch.float32
@@ -286,8 +323,8 @@ def run_sft(
     saved = AutoTokenizer.from_pretrained(output_dir).chat_template
     if saved != chat_template:
         raise RuntimeError(
-            f"The tokenizer saved to {output_dir} has a different chat template than {model_name_or_path}; GRPO/EMPG "
-            "training would no longer recognise it."
+            f"The tokenizer saved to {output_dir} has a different chat template than {model_name_or_path}; the RL "
+            "rollout would render the conversations the agent was taught differently."
         )
     return output_dir
 
