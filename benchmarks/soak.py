@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="steps before the creep baseline is taken")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--plot-only", action="store_true", help="redraw soak.png from soak.json (a soak under way)")
     return parser.parse_args(argv)
 
 
@@ -258,6 +259,10 @@ def plot(rows: list[dict[str, Any]], path: Path, warmup: int) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     output_dir, work_dir = Path(args.output_dir), Path(args.work_dir)
+    if args.plot_only:
+        payload = json.loads((output_dir / "soak.json").read_text())
+        plot(payload["rows"], output_dir / "soak.png", payload["settings"]["warmup"])
+        return payload
     output_dir.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO / "tests"))  # fake_envs, for --env fake_envs:FakeEnv (workers inherit the path)
