@@ -14,9 +14,15 @@ from statistics import NormalDist
 import pytest
 
 from trl_empg.cli import main
-from trl_empg.rollout import Episode
+from trl_empg.rollout import END_REASONS, Episode
 from trl_empg.rollout.settings import RolloutArguments
-from trl_empg.workflows.evaluation import METRIC_PATH, evaluate_agent, load_metric, step_entropies
+from trl_empg.workflows.evaluation import (
+    METRIC_PATH,
+    episode_conversation,
+    evaluate_agent,
+    load_metric,
+    step_entropies,
+)
 
 Z95 = 1.959963984540054  # the 97.5% standard normal quantile
 
@@ -292,6 +298,63 @@ def test_eval_cli_writes_the_report_and_plot(twx_agent_dir, tmp_path, capsys, mo
     assert written["settings"]["max_completion_length"] == RolloutArguments().max_completion_length
     plot = output.with_name("report_step_entropy.png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_episode_conversation_tells_cut_and_malformed_replies_apart():
+    eos = 2
+    messages = [
+        {"role": "system", "content": "Play."},
+        {"role": "user", "content": "Room."},
+        {"role": "assistant", "content": "<think>go</think><action>go north</action>"},
+        {"role": "user", "content": "Hall."},
+        {"role": "assistant", "content": "<think>the hall is"},
+        {"role": "user", "content": "Invalid reply format."},
+    ]
+    # Turn 0 ended with EOS; turn 1 was cut (its tokens end without EOS, the closing EOS after it is not the model's).
+    episode = Episode(
+        prompt_ids=[1],
+        completion_ids=[5, 6, eos, 9, 9, 7, 8, eos, 9],
+        env_mask=[1, 1, 1, 0, 0, 1, 1, 0, 0],
+        step_ids=[0, 0, 0, -1, -1, 1, 1, -1, -1],
+        messages=messages,
+        actions=["go north"],
+        reward=-0.1,
+        num_turns=2,
+        end_reason="max_turns",
+    )
+    conversation = episode_conversation(episode, "react", eos, "<|im_end|>")
+    assert conversation == {
+        "messages": messages,
+        "replies": [
+            {"text": "<think>go</think><action>go north</action>", "action": "go north", "cut": False},
+            {"text": "<think>the hall is", "action": None, "cut": True},
+        ],
+        "reward": -0.1,
+        "end_reason": "max_turns",
+    }
+    assert conversation["messages"] is not messages  # a copy: the report does not alias the episode
+
+
+def test_eval_cli_saves_conversations_only_when_asked(twx_agent_dir, tmp_path):
+    flags = [
+        "--model", str(twx_agent_dir), "--env_id", "twx:coin", "--num_tasks", "2", "--max_turns", "2",
+        "--max_turn_tokens", "6", "--prompt_style", "plain", "--batch_size", "2", "--greedy",
+    ]  # fmt: skip
+    main(["eval", *flags, "--output", str(tmp_path / "plain.json")])
+    main(["eval", *flags, "--save_conversations", "--output", str(tmp_path / "kept.json")])
+    plain, kept = (json.loads((tmp_path / name).read_text()) for name in ("plain.json", "kept.json"))
+    assert plain["settings"]["save_conversations"] is False and kept["settings"]["save_conversations"] is True
+    assert all("conversation" not in episode for episode in plain["episodes"])
+    for without, episode in zip(plain["episodes"], kept["episodes"]):
+        assert {key: value for key, value in episode.items() if key != "conversation"} == without  # same episodes
+        conversation = episode["conversation"]
+        messages, replies = conversation["messages"], conversation["replies"]
+        assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * episode["steps"] + ["user"]
+        assert [r["text"] for r in replies] == [m["content"] for m in messages if m["role"] == "assistant"]
+        assert [r["action"] for r in replies if r["action"] is not None] == episode["actions"]
+        assert conversation["end_reason"] in END_REASONS and isinstance(conversation["reward"], float)
+    # A randomly initialised agent rarely says EOS within 6 tokens: the report shows its replies were cut.
+    assert any(r["cut"] for e in kept["episodes"] for r in e["conversation"]["replies"])
 
 
 def test_eval_cli_help_and_flag_errors(capsys, tmp_path):

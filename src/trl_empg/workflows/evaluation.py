@@ -5,7 +5,9 @@ Episodes are played by the same runner, prompts and generation-time entropies as
 exactly the policy the trainer optimised. Outcomes are summarised by the ``agent_success`` ``evaluate`` metric shipped
 in this package (success rate with a Wilson confidence interval, mean score, mean steps, per-task breakdown), and the
 whole evaluation becomes one JSON report that is byte-for-byte reproducible for a fixed seed (apart from
-``elapsed_s``).
+``elapsed_s``). With ``save_conversations`` each episode also keeps its conversation (:func:`episode_conversation`),
+so that a low score can be read back: what the agent was shown, what it replied, and why each reply did or did not
+become an action.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from typing import Any
 
 from ..envs import check_split, make
 from ..envs.pool import EnvPool
-from ..rollout import AgentPrompts, Episode, run_episodes
+from ..rollout import AgentPrompts, Episode, parse_action, run_episodes
 from ..rollout.policy import HFPolicy, SamplingSettings
 from ..rollout.settings import EnvArguments, RolloutArguments, parse_env_kwargs
 
 __all__ = [
     "METRIC_PATH",
     "EvalArguments",
+    "episode_conversation",
     "evaluate_agent",
     "load_metric",
     "main",
@@ -91,6 +94,36 @@ def _task_list(
     return chosen, description
 
 
+def episode_conversation(episode: Episode, prompt_style: str, eos_token_id: int, eos_token: str) -> dict[str, Any]:
+    """An episode's conversation for the report: ``messages`` (system, user, assistant, ..., the env's last answer
+    included), ``replies`` (per model turn: its ``text``, the ``action`` parsed from it or None when malformed, and
+    whether it was ``cut`` at the turn's token limit before its EOS), ``reward`` and ``end_reason``.
+
+    A cut reply is told apart by its tokens (the model's tokens of that turn do not end with EOS), since its text
+    cannot show it; a cut ReAct reply usually lacks its closing ``</action>``, the commonest reason for an invalid
+    action with a small ``max_turn_tokens``.
+    """
+    turn_tokens: dict[int, list[int]] = {}
+    for token, step in zip(episode.completion_ids, episode.step_ids):
+        if step >= 0:
+            turn_tokens.setdefault(step, []).append(token)
+    texts = [message["content"] for message in episode.messages if message["role"] == "assistant"]
+    replies = [
+        {
+            "text": text,
+            "action": parse_action(text, prompt_style, eos_token),
+            "cut": turn_tokens.get(turn, [])[-1:] != [eos_token_id],
+        }
+        for turn, text in enumerate(texts)
+    ]
+    return {
+        "messages": [dict(message) for message in episode.messages],
+        "replies": replies,
+        "reward": float(episode.reward),
+        "end_reason": episode.end_reason,
+    }
+
+
 def _episode_record(seed: int, episode: Episode) -> dict[str, Any]:
     return {
         "task_seed": seed,
@@ -122,6 +155,7 @@ def evaluate_agent(
     env_workers: int = 0,
     confidence_level: float = 0.95,
     device: str | None = None,
+    save_conversations: bool = False,
 ) -> dict[str, Any]:
     """Play ``episodes_per_task`` episodes on each task and return the JSON-able evaluation report.
 
@@ -133,6 +167,7 @@ def evaluate_agent(
     Deterministic for a fixed ``seed``: torch is seeded once after loading and episodes run in a fixed order, in
     batches of ``batch_size`` (which therefore also enters the result when sampling). ``invalid_action_rate`` is
     the mean over episodes of each episode's share of invalid turns, as ``env/invalid_action_rate`` in training.
+    With ``save_conversations`` every episode record gets a ``conversation`` (:func:`episode_conversation`).
     """
     from transformers import set_seed
 
@@ -167,6 +202,12 @@ def evaluate_agent(
             episodes.extend(run_episodes(pool, batch, policy.tokenizer, policy, settings, prompts))
 
     records = [_episode_record(task_seed, episode) for (task_seed, _), episode in zip(tasks, episodes)]
+    if save_conversations:
+        tokenizer = policy.tokenizer
+        for record, episode in zip(records, episodes):
+            record["conversation"] = episode_conversation(
+                episode, settings.prompt_style, tokenizer.eos_token_id, tokenizer.eos_token
+            )
     result = metric.compute(
         won=[r["won"] for r in records],
         score=[r["score"] for r in records],
@@ -201,6 +242,7 @@ def evaluate_agent(
             "batch_size": batch_size,
             "seed": seed,
             "env_workers": env_workers,
+            "save_conversations": save_conversations,
         },
         "episodes": records,
         "elapsed_s": time.perf_counter() - started,
@@ -246,6 +288,13 @@ class EvalArguments:
     device: str | None = field(default=None, metadata={"help": "Torch device of the model (None: where it loads)."})
     output: str = field(default="eval_report.json", metadata={"help": "Path of the JSON report."})
     plot: bool = field(default=False, metadata={"help": "Also write <output stem>_step_entropy.png beside it."})
+    save_conversations: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep each episode's conversation in the report: messages, replies (with the parsed action and "
+            "whether the reply was cut at max_turn_tokens), reward and end reason."
+        },
+    )
 
 
 _DESCRIPTION = (
@@ -282,6 +331,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_empg.work
         env_workers=env.env_workers,
         confidence_level=args.confidence_level,
         device=args.device,
+        save_conversations=args.save_conversations,
     )
     output = write_report(report, args.output)
     line = f"{summary_line(report)} -> {output}"
