@@ -132,7 +132,7 @@ def train_one(game: str, method: str, seed: int, start: dict[str, Any], args: ar
         max_completion_length=args.max_completion_length,
         prompt_style=args.prompt_style,
         invalid_action_penalty=args.invalid_action_penalty,
-        gradient_checkpointing=args.device != "cpu",
+        activation_checkpointing=args.device != "cpu",
         num_generations=args.num_generations,
         per_device_train_batch_size=args.batch_size,
         max_steps=args.steps,

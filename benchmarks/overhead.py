@@ -121,6 +121,7 @@ def _worker(config_name: str, args: argparse.Namespace) -> dict:
         top_k=0,
         top_p=1.0,
         beta=0.0,
+        activation_checkpointing=True,  # TRL's default, by transformers 5's name (the old one warns)
         **{k: v for k, v in overrides.items() if k != "entropy_source"},
     )
     dataset = Dataset.from_dict({"prompt": [" ".join(words[i : i + args.prompt_words]) for i in range(512)]})

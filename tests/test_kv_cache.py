@@ -228,7 +228,7 @@ def _train_one_step(tmp_path, agent_dir, variant: str, reuse: bool, monkeypatch)
         seed=0,
         top_k=0,
         top_p=1.0,
-        gradient_checkpointing=True,
+        activation_checkpointing=True,
         reuse_kv_cache=reuse,
     )
     kwargs: dict = {}
@@ -244,7 +244,7 @@ def _train_one_step(tmp_path, agent_dir, variant: str, reuse: bool, monkeypatch)
     trainer = EMPGTrainer(str(agent_dir), args=config, **kwargs)
     trainer.train()
     seen["loss"] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    seen["gradient_checkpointing"] = trainer.accelerator.unwrap_model(trainer.model).is_gradient_checkpointing
+    seen["activation_checkpointing"] = trainer.accelerator.unwrap_model(trainer.model).is_activation_checkpointing
     return seen
 
 
@@ -254,7 +254,7 @@ def test_a_training_step_samples_the_same_tokens_with_and_without_reuse(tmp_path
     reused = _train_one_step(tmp_path, agent_dir, variant, True, monkeypatch)
     assert plain["stats"] == [] and len(reused["stats"]) == 1  # one cache for the rollout, freed at its end
     assert reused["stats"][0]["reused_tokens"] > 0
-    assert reused["gradient_checkpointing"]  # turned back on after generation
+    assert reused["activation_checkpointing"]  # turned back on after generation
     assert [ids for ids, _ in reused["episodes"]] == [ids for ids, _ in plain["episodes"]]
     for (_, a), (_, b) in zip(plain["episodes"], reused["episodes"]):
         assert b == pytest.approx(a, abs=1e-4)

@@ -198,6 +198,7 @@ def test_k0_zeta0_no_center_reproduces_grpo_exactly(tmp_path, tiny_tokenizer, lo
             "top_k",
             "top_p",
             "loss_type",
+            "activation_checkpointing",
         )
     }
     empg_inputs, empg_loss, empg_grads = _loss_and_grads(EMPGTrainer, empg_args, tiny_tokenizer)
@@ -225,6 +226,34 @@ def test_k0_zeta0_no_center_reproduces_grpo_exactly(tmp_path, tiny_tokenizer, lo
 def test_bad_config_values_raise(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         _config(tmp_path, **overrides)
+
+
+def test_activation_checkpointing_defaults_on_without_the_alias_warning(tmp_path, recwarn):
+    assert _config(tmp_path).activation_checkpointing is True  # TRL's GRPOConfig default, kept
+    assert not [w for w in recwarn if "checkpointing" in str(w.message)]
+    assert _config(tmp_path, activation_checkpointing=False).activation_checkpointing is False
+
+
+def test_no_grad_passes_turn_activation_checkpointing_off_and_back_on(tmp_path, tiny_model, tiny_tokenizer, recwarn):
+    trainer = EMPGTrainer(
+        tiny_model, length_reward, _config(tmp_path), train_dataset=_prompts(), processing_class=tiny_tokenizer
+    )
+    trainer.model.activation_checkpointing_enable({"use_reentrant": False})
+    with trainer._without_activation_checkpointing():
+        assert not trainer.model.is_activation_checkpointing
+    assert trainer.model.is_activation_checkpointing
+    trainer.model.activation_checkpointing_disable()
+    with trainer._without_activation_checkpointing():  # off stays off
+        assert not trainer.model.is_activation_checkpointing
+    assert not trainer.model.is_activation_checkpointing
+    assert not [w for w in recwarn if "checkpointing" in str(w.message)]
+
+
+def test_the_deprecated_gradient_checkpointing_name_still_decides(tmp_path):
+    """An explicit old name is honoured (not overridden by the new name's default) and warned about by transformers."""
+    with pytest.warns(FutureWarning, match="`gradient_checkpointing` is deprecated"):
+        config = _config(tmp_path, gradient_checkpointing=False)
+    assert config.activation_checkpointing is False and config.gradient_checkpointing is False
 
 
 # ---------------------------------------------------------------------------------------------------------------------

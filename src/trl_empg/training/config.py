@@ -109,6 +109,10 @@ class EMPGConfig(RolloutArguments, EnvArguments, GRPOConfig):
         rollout_layout (`str`, defaults to `"episode"`): `"episode"` (one completion per episode, observation tokens
             masked; EMPG's pseudocode) or `"step"` (one sample per turn with a bounded-history prompt; verl-agent).
         history_turns (`int`, defaults to `2`): step layout: earlier (observation, reply) pairs in each prompt.
+
+        > Inherited with a new default: `activation_checkpointing` (transformers 5's name; `gradient_checkpointing` is
+        > its deprecated alias) stays on unless either name turns it off, as in TRL's GRPOConfig, without the alias
+        > warning that TRL's `gradient_checkpointing=True` default raises on every config.
     """
 
     # EMPG
@@ -218,6 +222,14 @@ class EMPGConfig(RolloutArguments, EnvArguments, GRPOConfig):
         default=None,
         metadata={"help": "Use only the first N task seeds of the split for the training dataset (None: all)."},
     )
+    # None marks "not given", so __post_init__ can tell an explicit old name from the default (TRL: on).
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Recompute activations in the backward pass to save memory (None: on, TRL's default)."},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing` (transformers 5)."}
+    )
 
     def __post_init__(self) -> None:
         check_choice("modulation", self.modulation, MODULATIONS)
@@ -255,6 +267,8 @@ class EMPGConfig(RolloutArguments, EnvArguments, GRPOConfig):
                 UserWarning,
                 stacklevel=2,
             )
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
         super().__post_init__()
         if self.aepo_rollout and (self.per_device_train_batch_size * self.steps_per_generation) % self.num_generations:
             raise ValueError(

@@ -9,6 +9,7 @@ no-grad pass (``args.entropy_source``, see :mod:`trl_empg.methods.entropy`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,7 +17,6 @@ import torch
 from accelerate.utils import is_peft_model
 from torch import Tensor
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
 from ..methods.entropy import GenerationEntropyRecorder, GenerationEntropyStore
@@ -80,6 +80,23 @@ class EntropyCapture(GRPOTrainer):
         finally:
             handle.remove()
 
+    @contextmanager
+    def _without_activation_checkpointing(self) -> Iterator[None]:
+        """Turn activation checkpointing off for a no-grad pass, and back on after it.
+
+        TRL's ``disable_gradient_checkpointing`` does the same through transformers 5's deprecated
+        ``gradient_checkpointing_*`` aliases, which warn on every call. A no-grad pass recomputes nothing, and with
+        reentrant checkpointing calling the model under ``no_grad`` warns, so it is off there either way.
+        """
+        was_enabled = self.model.is_activation_checkpointing
+        if was_enabled:
+            self.model.activation_checkpointing_disable()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                self.model.activation_checkpointing_enable(self.args.activation_checkpointing_kwargs)
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if self.entropy_source != "generation":
             self._last_generation_entropies = None
@@ -120,7 +137,7 @@ class EntropyCapture(GRPOTrainer):
         attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         mode = "train" if self.model.training else "eval"
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+        with torch.no_grad(), self._without_activation_checkpointing():
             _, entropies, _ = self._get_per_token_logps_and_entropies(
                 self.model,
                 input_ids,

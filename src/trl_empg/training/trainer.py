@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad, use_adapter
 
 from ..methods.aem import aem_terms
@@ -224,7 +223,7 @@ class EMPGTrainer(EntropyCapture):
         attention_mask = torch.cat([columns["prompt_mask"], columns["completion_mask"]], dim=1)
         keep = columns["completion_ids"].size(1)
         batch_size = self.args.per_device_train_batch_size if training else self.args.per_device_eval_batch_size
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+        with torch.no_grad(), self._without_activation_checkpointing():
             if "old_per_token_logps" in output:
                 self._capture_old_pass_entropy = self.entropy_source == "old_logps"
                 columns["old_per_token_logps"], _, _ = self._get_per_token_logps_and_entropies(
