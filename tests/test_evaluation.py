@@ -234,6 +234,13 @@ def test_explicit_seeds_must_belong_to_the_split(twx_agent_dir):
         )
 
 
+def test_time_limit_stops_generating(twx_agent_dir):
+    # No turn may start once the limit has passed: with a limit already spent at the first turn, none does.
+    with pytest.raises(TimeoutError, match=r"ran past its time limit \(time_limit_s\)"):
+        evaluate_agent(str(twx_agent_dir), "twx:coin", **{**EVAL_KWARGS, "time_limit_s": 0.0})
+    assert evaluate_agent(str(twx_agent_dir), "twx:coin", **{**EVAL_KWARGS, "time_limit_s": 600.0})["num_episodes"]
+
+
 @pytest.mark.parametrize("bad", ["/no/such/agent/dir", "./no-such-agent", "runs/x/no-such-checkpoint"])
 def test_missing_local_path_fails_fast_naming_it(bad):
     start = time.monotonic()

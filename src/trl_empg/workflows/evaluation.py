@@ -23,6 +23,7 @@ from typing import Any
 from ..envs import check_split, make
 from ..envs.pool import EnvPool
 from ..rollout import AgentPrompts, Episode, parse_action, run_episodes
+from ..rollout.kv_cache import release_cache
 from ..rollout.policy import HFPolicy, SamplingSettings
 from ..rollout.settings import EnvArguments, RolloutArguments, parse_env_kwargs
 
@@ -155,6 +156,7 @@ def evaluate_agent(
     env_workers: int = 0,
     confidence_level: float = 0.95,
     device: str | None = None,
+    time_limit_s: float | None = None,
     save_conversations: bool = False,
 ) -> dict[str, Any]:
     """Play ``episodes_per_task`` episodes on each task and return the JSON-able evaluation report.
@@ -167,7 +169,9 @@ def evaluate_agent(
     Deterministic for a fixed ``seed``: torch is seeded once after loading and episodes run in a fixed order, in
     batches of ``batch_size`` (which therefore also enters the result when sampling). ``invalid_action_rate`` is
     the mean over episodes of each episode's share of invalid turns, as ``env/invalid_action_rate`` in training.
-    With ``save_conversations`` every episode record gets a ``conversation`` (:func:`episode_conversation`).
+    With ``time_limit_s``, no turn starts generating after that many seconds: :class:`TimeoutError` (a service
+    bounding each request, such as the demo Space, sets it). With ``save_conversations`` every episode record gets a
+    ``conversation`` (:func:`episode_conversation`).
     """
     from transformers import set_seed
 
@@ -199,7 +203,8 @@ def evaluate_agent(
     with EnvPool(env_id, env_kwargs, num_workers=env_workers) as pool:
         for start in range(0, len(tasks), batch_size):
             batch = tasks[start : start + batch_size]
-            episodes.extend(run_episodes(pool, batch, policy.tokenizer, policy, settings, prompts))
+            generate = policy if time_limit_s is None else TimeLimitedGeneration(policy, started + time_limit_s)
+            episodes.extend(run_episodes(pool, batch, policy.tokenizer, generate, settings, prompts))
 
     records = [_episode_record(task_seed, episode) for (task_seed, _), episode in zip(tasks, episodes)]
     if save_conversations:
@@ -247,6 +252,23 @@ def evaluate_agent(
         "episodes": records,
         "elapsed_s": time.perf_counter() - started,
     }
+
+
+@dataclass
+class TimeLimitedGeneration:
+    """A generation backend that refuses to start a turn once ``deadline`` (a ``time.perf_counter()`` value) has
+    passed; its KV cache is still released by the runner at the end of a rollout."""
+
+    policy: HFPolicy
+    deadline: float
+
+    def __call__(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], Any]:
+        if time.perf_counter() > self.deadline:
+            raise TimeoutError("The evaluation ran past its time limit (time_limit_s).")
+        return self.policy(prompts, max_new_tokens)
+
+    def release_cache(self) -> None:
+        release_cache(self.policy)
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
