@@ -243,16 +243,17 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     # search-style: 1-3 hops (2.9 gold turns), ~430-token demonstrations; the cheapest.
-    # Sized from costs_search.json (one thread, load average ~6.7): 5.1 s per demonstration and step, 4.1 s per
-    # zero-shot evaluation episode: 240 demonstrations seen once (60 steps of 4) is ~20 minutes.
+    # Sized from costs_search.json (one thread, load average ~6.7): 5.1 s per demonstration, 4.1 s per zero-shot
+    # evaluation episode. Under the heavier load that followed (~9, four other jobs) a step of 4 took 57 s, so 144
+    # demonstrations seen once (36 steps of 4) keep the stage near 25 minutes even then.
     "search": Benchmark(
         "search",
         "search",
         max_turns=4,
         max_turn_tokens=32,
         max_completion_length=1536,
-        num_demos=240,
-        sft_steps=60,
+        num_demos=144,
+        sft_steps=36,
         sft_batch=4,
     ),
     # twx:coin with the game's default map (doors included); gold plans average ~3.6 turns within 10.
@@ -281,11 +282,14 @@ class RLPlan:
     benchmark: str = "search"
     methods: tuple[str, ...] = ("grpo", "empg")
     seeds: tuple[int, ...] = (0,)
-    max_steps: int = 12
-    save_steps: int = 4
+    # Sized from costs_search.json: ~80 tokens/s forward+backward and ~2-4 s per episode on one loaded thread give
+    # ~2 minutes per step of 16 episodes (4 questions x 4); 4 episodes per group keep most groups mixed at a warm
+    # start winning 30-60%. Checkpoints at steps 5 and 10, each evaluated on the warm start's test tasks.
+    max_steps: int = 10
+    save_steps: int = 5
     num_tasks_per_step: int = 4
-    num_generations: int = 8
-    learning_rate: float = 2e-5
+    num_generations: int = 4
+    learning_rate: float = 5e-5  # the recipe's, fixed here so that every session's runs compare
     eval_tasks: int = 100
 
 
@@ -543,53 +547,61 @@ def stage_sft(bench_name: str) -> Callable[[Job], dict[str, Any]]:
     return run
 
 
+#: The project's CPU recipe per benchmark; the RL stages run it with the overrides of :func:`rl_argv`.
+RECIPES = {
+    "search": "recipes/smollm2/search-empg-lora.yaml",
+    "coin": "recipes/smollm2/twx-coin-empg-lora.yaml",
+    "webshop": "recipes/smollm2/webshop-empg-lora.yaml",
+}
+
+
 def rl_argv(job: Job, method: str, bench_name: str, seed: int) -> list[str]:
-    """``python -m trl_empg.train`` flags of one RL run: the bf16 base of the warm start with fresh LoRA adapters."""
+    """``python -m trl_empg.train`` arguments of one RL run: the benchmark's recipe (LoRA on the bf16 base, bf16,
+    CPU) started from the warm start, with this job's sizes, and the warm start's rollout settings repeated so that
+    RL shows the agent exactly the texts it was taught whatever the recipe's defaults become. GRPO is the same
+    recipe with ``modulation: none``."""
     bench = BENCHMARKS[bench_name]
     rollout = bench.rollout()
-    output = rl_dir(job, method, bench_name, seed)
     flags: dict[str, Any] = {
         "model_name_or_path": _relative(sft_dir(job, bench_name)),
-        "dtype": "bfloat16",
-        "use_peft": True,
+        "output_dir": _relative(rl_dir(job, method, bench_name, seed)),
+        "modulation": "empg" if method == "empg" else "none",
+        "seed": seed,
         "lora_r": LORA["r"],
         "lora_alpha": LORA["lora_alpha"],
         "lora_dropout": LORA["lora_dropout"],
         "lora_target_modules": LORA["target_modules"],
         "env_id": bench.env_id,
-        "max_turns": rollout.max_turns,
-        "max_turn_tokens": rollout.max_turn_tokens,
-        "max_completion_length": rollout.max_completion_length,
-        "prompt_style": rollout.prompt_style,
-        "show_admissible_actions": rollout.show_admissible_actions,
-        "reward_mode": rollout.reward_mode,
-        "modulation": "empg" if method == "empg" else "none",
-        "loss_type": "grpo",
+        "env_kwargs": json.dumps(bench.env_kwargs),
+        **{name: getattr(rollout, name) for name in RL_ROLLOUT_FIELDS},
         "num_generations": RL.num_generations,
         "per_device_train_batch_size": RL.num_generations * RL.num_tasks_per_step,
         "learning_rate": RL.learning_rate,
-        "warmup_steps": 0,
-        "beta": 0.0,
-        "temperature": 1.0,
-        "top_k": 0,
-        "top_p": 1.0,
         "max_steps": RL.max_steps,
-        "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": RL.save_steps,
+        # Every checkpoint is evaluated afterwards: keep them all.
+        "save_total_limit": RL.max_steps // RL.save_steps + 1,
+        "logging_steps": 1,
         "report_to": "none",
-        "output_dir": _relative(output),
-        "use_cpu": True,
-        "bf16": False,
-        "activation_checkpointing": False,
-        "seed": seed,
     }
-    argv = []
+    argv = ["--config", RECIPES[bench_name]]
     for key, value in flags.items():
         argv += [f"--{key}", *map(str, value)] if isinstance(value, list) else [f"--{key}", str(value)]
-    if bench.env_kwargs:
-        argv += ["--env_kwargs", json.dumps(bench.env_kwargs)]
     return argv
+
+
+#: Rollout settings RL takes from the warm start (the episode layout: the demonstrations are whole episodes).
+RL_ROLLOUT_FIELDS = (
+    "max_turns",
+    "max_turn_tokens",
+    "max_completion_length",
+    "prompt_style",
+    "show_admissible_actions",
+    "reward_mode",
+    "rollout_layout",
+    "history_turns",
+)
 
 
 def stage_rl(method: str, bench_name: str, seed: int) -> Callable[[Job], dict[str, Any]]:
@@ -757,6 +769,83 @@ def plot_curves(job: Job, path: Path) -> Path | None:
     return path
 
 
+def _ci(result: dict[str, Any]) -> str:
+    low, high = result["success_ci"]
+    return f"{result['success_rate']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def summary_markdown(job: Job) -> str:
+    """Tables of what the result files hold so far (measured costs, success before/after the warm start, RL curves),
+    written to ``summary.md`` by every run and ``--status``; the results README quotes them."""
+    lines = ["# SmolLM2-135M-Instruct agent: results so far (generated by benchmarks/smollm2_agent.py)", ""]
+    lines += [
+        "## Measured costs (one thread)",
+        "",
+        "| benchmark | demo tokens (mean / max) | SFT s per demo | SFT tokens/s | eval s per episode (zero-shot) "
+        "| load average |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in BENCHMARKS:
+        costs = job.result(f"costs_{name}")
+        if costs is not None:
+            lines.append(
+                f"| {name} | {costs['demo_tokens_mean']:.0f} / {costs['demo_tokens_max']} "
+                f"| {costs['sft_seconds_per_demo']:.2f} | {costs['sft_tokens_per_second']:.0f} "
+                f"| {costs['eval_seconds_per_episode']:.2f} | {costs['load_average_1min_after']:.1f} |"
+            )
+    lines += [
+        "",
+        "## Test success (sampled, T=1; 95% Wilson CI)",
+        "",
+        "| benchmark | zero-shot | invalid | warm start | invalid | warm start: demos x steps x batch, minutes "
+        "| eval minutes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in BENCHMARKS:
+        zero, warm, sft = (job.result(f"{which}_{name}") for which in ("zeroshot", "warm", "sft"))
+        if zero is None and warm is None:
+            continue
+        cells = [name]
+        for report in (zero, warm):
+            cells += (
+                ["-", "-"]
+                if report is None
+                else [f"{_ci(report)} of {report['num_episodes']}", f"{report['invalid_action_rate']:.3f}"]
+            )
+        cells.append(
+            "-"
+            if sft is None
+            else f"{sft['num_demos']} x {sft['max_steps']} x {sft['batch']}, {sft['stage_seconds'] / 60:.1f}"
+        )
+        cells.append(" / ".join(f"{r['elapsed_s'] / 60:.1f}" for r in (zero, warm) if r is not None))
+        lines.append("| " + " | ".join(cells) + " |")
+    curves = rl_curves(job)
+    if curves:
+        lines += ["", f"## RL on {RL.benchmark} (test success at each checkpoint, {RL.eval_tasks} tasks)", ""]
+        for label, points in curves.items():
+            lines.append(
+                f"- {label}: "
+                + ", ".join(
+                    f"step {p['step']} {p['success']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]" for p in points
+                )
+            )
+        for seed in RL.seeds:
+            for method in RL.methods:
+                run = job.result(f"rl_{method}_{RL.benchmark}_s{seed}")
+                if run is not None and run.get("seconds_per_step") is not None:
+                    lines.append(f"- {method} seed {seed}: {run['seconds_per_step']:.0f} s per step")
+    left = [row["stage"] for row in job.status() if row["state"] == "pending"]
+    lines += ["", f"Stages left: {', '.join(left) if left else 'none'}. Continue with `{CONTINUE_COMMAND}`.", ""]
+    return "\n".join(lines)
+
+
+def write_summary(job: Job) -> Path:
+    path = job.results_dir / "summary.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(summary_markdown(job), encoding="utf-8")
+    return path
+
+
 def print_status(job: Job) -> None:
     rows = job.status()
     width = max(len(row["stage"]) for row in rows)
@@ -791,6 +880,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     job = Job(build_stages(Path(args.work_dir)), Path(args.results_dir), Path(args.work_dir))
     if args.status:
         job.write_manifest()
+        write_summary(job)
         print_status(job)
         return
     if not args.plot:
@@ -798,6 +888,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     plot = plot_curves(job, job.results_dir / "rl_curves.png")
     if plot is not None:
         print(f"plot: {_relative(plot)}")
+    write_summary(job)
     print_status(job)
 
 
