@@ -15,15 +15,17 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from .base import SPLITS, EnvError, Info, TextEnv, check_split, make_info
+from .base import SPLITS, EnvDataError, EnvError, Info, TextEnv, check_split, make_info
 
 __all__ = [
     "SPLITS",
     "EnvError",
+    "EnvDataError",
     "Info",
     "TextEnv",
     "check_split",
     "make",
+    "check_env_name",
     "make_info",
     "known_env_ids",
     "ENV_FAMILIES",
@@ -72,6 +74,29 @@ def _load_user_env(env_id: str) -> Callable[..., Any]:
         return getattr(module, attr)
     except AttributeError:
         raise ValueError(f"Unknown env id {env_id!r}: module {module_name!r} has no attribute {attr!r}.") from None
+
+
+def check_env_name(env_id: str, where: str | None = None) -> None:
+    """Check the ``:<name>`` part of a built-in env id (a ScienceWorld task, a TextWorld challenge, an ALFWorld task
+    type) without building the env, so that a mistyped name fails before a model is loaded, naming the valid ones;
+    ``where`` (e.g. ``"recipe.yaml line 15"``) starts the message. TextWorldExpress games (listed by its JVM), user
+    classes and families whose package is not installed are left to :func:`make`."""
+    family, _, name = env_id.partition(":") if isinstance(env_id, str) else ("", "", "")
+    try:
+        if family == "scienceworld" and name:
+            importlib.import_module("trl_empg.envs.scienceworld").resolve_task(name)
+        elif family == "textworld" and name:
+            importlib.import_module("trl_empg.envs.textworld")._canonical_challenge(name)
+        elif family == "alfworld" and name:
+            task_types = importlib.import_module("trl_empg.envs.alfworld.env").TASK_TYPES
+            if name not in task_types:
+                raise ValueError(f"Unknown ALFWorld task type {name!r}; expected one of {list(task_types)}.")
+    except ImportError:
+        return
+    except ValueError as error:
+        if where is None:
+            raise
+        raise ValueError(f"{where}: env_id {env_id!r}: {error}") from None
 
 
 def make(env_id: str, **kwargs: Any) -> TextEnv:

@@ -16,7 +16,10 @@ Environments are deterministic given (seed, split, action history): replaying th
 
 from __future__ import annotations
 
+import json
+import os
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 SPLITS = ("train", "dev", "test")
@@ -26,6 +29,40 @@ Info = dict[str, Any]
 
 class EnvError(RuntimeError):
     """An environment failed (raised, hung past its timeout or died); the episode is recorded as a failure."""
+
+
+class EnvDataError(EnvError, ValueError):
+    """A file an environment reads (a game, a task list, a data or cache file) is missing or not what it should be.
+
+    The message starts with the file and where in it (``path:line:column`` for text and JSON syntax, the JSON key or
+    element otherwise) and says what was expected. Raised while an env is built it stops the run before any work, as
+    a ``ValueError``; raised from ``reset`` (one bad game among many) it is an :class:`EnvError`, so the rollout
+    records that episode as a failure and goes on.
+    """
+
+
+def read_json_file(path: str | os.PathLike[str], what: str, expected: type = dict) -> Any:
+    """Parse the JSON file ``path`` (described as ``what`` in errors) whose top level must be an ``expected``.
+
+    Raises :class:`EnvDataError` naming the file, and the line and column of a syntax error.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EnvDataError(f"{path}: {what} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise EnvDataError(f"{path}: {what} is not readable as UTF-8 text ({error}).") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise EnvDataError(
+            f"{path}:{error.lineno}: {what} is not valid JSON at column {error.colno} ({error.msg})."
+        ) from None
+    if not isinstance(data, expected):
+        kind = {dict: "object", list: "array"}.get(expected, expected.__name__)
+        raise EnvDataError(f"{path}: {what} must be a JSON {kind} at the top level, got {type(data).__name__}.")
+    return data
 
 
 def check_split(split: str) -> str:

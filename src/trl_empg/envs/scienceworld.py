@@ -13,6 +13,7 @@ the valid-action list is fetched only when asked for (``admissible_actions=True`
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import re
@@ -50,14 +51,20 @@ _JVM_EXIT_TIMEOUT_S = 10.0
 
 
 def resolve_task(task: str) -> str:
-    """The official task name for ``task`` (a name, an id like ``"1-1"`` or the paper's "Topic Task" title)."""
-    name = infer_task(task) if isinstance(task, str) else None
-    if name not in TASK_NAMES:
-        raise ValueError(
-            f"Unknown ScienceWorld task {task!r}. Valid task names: {list(TASK_NAMES)}; "
-            f"or their ids: {list(TASK_IDS)}."
-        )
-    return name
+    """The official task name for ``task`` (a name, an id like ``"1-1"`` or the paper's "Topic Task" title, any case).
+
+    An unknown task raises ``ValueError`` with the closest names and every valid one.
+    """
+    for candidate in (task.strip(), task.strip().lower()) if isinstance(task, str) else ():
+        name = infer_task(candidate)
+        if name in TASK_NAMES:
+            return name
+    close = difflib.get_close_matches(str(task).strip().lower(), TASK_NAMES, n=3, cutoff=0.6)
+    suggestion = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"Unknown ScienceWorld task {task!r}.{suggestion} Valid task names: {list(TASK_NAMES)}; "
+        f"or their ids: {list(TASK_IDS)}."
+    )
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from typing import Any
 import textworld
 import textworld.challenges
 
-from .base import SPLITS, EnvError, Info, TextEnv, check_split, make_info
+from .base import SPLITS, EnvDataError, EnvError, Info, TextEnv, check_split, make_info, read_json_file
 
 # Small default difficulty per challenge: an LLM agent of a few hundred million parameters should win some games
 # from the start (so that RL gets a signal) without the games being trivial.
@@ -75,6 +75,10 @@ EMULATOR_SEED = 20_240_101
 #: Characters of the ASCII-art banner TextWorld prints before the objective.
 _BANNER_CHARS = frozenset(" \t_|\\$/<>")
 _END_QUESTION = "Would you like to RESTART, RESTORE a saved game, QUIT or UNDO the last command?"
+#: The files of one cached game, the ``.z8`` last: generation moves them into the cache in this order.
+GAME_SUFFIXES = (".json", ".task.json", ".z8")
+#: Top-level keys of TextWorld's game description (``.json``) that its ``Game.deserialize`` indexes.
+_GAME_JSON_KEYS = ("KB", "world", "grammar", "quests", "infos")
 
 
 def _canonical_challenge(challenge: str) -> str:
@@ -126,6 +130,43 @@ def _clean(text: str) -> str:
 def _normalise_action(action: str) -> str:
     """One line, single spaces: the game reads one command per line and admissible commands are spelled that way."""
     return " ".join(action.split())
+
+
+def check_story_file(path: Path) -> None:
+    """Check a compiled game's Z-machine header (version, length, checksum) before the interpreter opens it: jericho
+    ends the whole process (``Fatal error: Story file read error``) on a truncated or foreign file."""
+    data = path.read_bytes()
+    if len(data) < 64:
+        raise EnvDataError(f"{path}: {len(data)} bytes, too short for a Z-machine story file (64-byte header).")
+    version = data[0]
+    if not 1 <= version <= 8:
+        raise EnvDataError(f"{path}: not a Z-machine story file: byte 0 (version) is {version}, expected 1-8.")
+    scale = 2 if version <= 3 else 4 if version <= 5 else 8
+    length = int.from_bytes(data[0x1A:0x1C], "big") * scale
+    if length and len(data) < length:
+        raise EnvDataError(f"{path}: truncated: {len(data)} bytes, its header says {length}.")
+    checksum = int.from_bytes(data[0x1C:0x1E], "big")
+    if length and sum(data[0x40:length]) % 0x10000 != checksum:
+        raise EnvDataError(f"{path}: corrupt: its contents do not match the header's checksum {checksum}.")
+
+
+def read_gold_actions(task_file: Path) -> list[str]:
+    """The gold actions of a cached game's ``.task.json``."""
+    task = read_json_file(task_file, "TextWorld task file (a JSON object with gold_actions)")
+    gold_actions = task.get("gold_actions")
+    if not isinstance(gold_actions, list) or not all(isinstance(action, str) for action in gold_actions):
+        raise EnvDataError(f"{task_file}: key 'gold_actions' must be a list of command strings, got {gold_actions!r}.")
+    return gold_actions
+
+
+def check_game_description(json_file: Path) -> None:
+    """TextWorld's ``.json`` game description (its state tracking and admissible commands come from it)."""
+    game = read_json_file(json_file, "TextWorld game description")
+    missing = [key for key in _GAME_JSON_KEYS if key not in game]
+    if missing:
+        raise EnvDataError(
+            f"{json_file}: TextWorld game description without the keys {missing} (expected {list(_GAME_JSON_KEYS)})."
+        )
 
 
 def generate_game(challenge: str, settings: dict[str, Any], game_seed: int, game_file: str) -> None:
@@ -230,9 +271,32 @@ class TextWorldEnv(TextEnv):
         # jericho treats a story file as a TextWorld game (status line hidden, score and end detection on) only when
         # its name starts with "tw-".
         path = self.cache_dir / f"tw-{split}-{seed}.z8"
-        if not path.is_file():
-            self._generate(split, seed, path)
+        if not all(path.with_suffix(suffix).is_file() for suffix in GAME_SUFFIXES):
+            self._generate(split, seed, path)  # not cached yet, or a file of it was deleted: generate it again
         return path
+
+    def _load_checked(self, path: Path) -> textworld.Environment:
+        """Start a cached game after checking its three files, so that a corrupt one raises :class:`EnvDataError`
+        naming it (and how to regenerate it) instead of an interpreter error or the interpreter ending the process."""
+        hint = f" Delete {path.with_suffix('')}.* to have the game generated again."
+        try:
+            check_story_file(path)
+            check_game_description(path.with_suffix(".json"))
+            gold_actions = read_gold_actions(path.with_suffix(".task.json"))
+        except EnvDataError as error:
+            raise EnvDataError(f"{error}{hint}") from None
+        try:
+            env = textworld.start(
+                str(path),
+                textworld.EnvInfos(admissible_commands=True, won=True, lost=True, score=True, max_score=True),
+            )
+        except Exception as error:
+            raise EnvDataError(
+                f"{path.with_suffix('.json')}: TextWorld could not load this game ({type(error).__name__}: {error})."
+                f"{hint}"
+            ) from error
+        self._gold_actions = gold_actions
+        return env
 
     def _generate(self, split: str, seed: int, path: Path) -> None:
         """Generate into a private temporary folder, then move the files in, the ``.z8`` last: a game is visible only
@@ -266,11 +330,12 @@ class TextWorldEnv(TextEnv):
                     f"out after {self.generation_timeout:g} s; use easier settings or a larger generation_timeout."
                 ) from None
             if process.returncode != 0:
+                last = next((line for line in reversed(output.splitlines()) if line.strip()), "no output")
                 raise EnvError(
-                    f"TextWorld game generation for {self.challenge} {split} seed {seed} (settings {settings}) failed "
-                    f"with exit code {process.returncode}:\n{output[-3000:]}"
+                    f"TextWorld game generation for {self.challenge} {split} seed {seed} (settings {settings}) into "
+                    f"{path} failed with exit code {process.returncode}: {last}\n{output[-3000:]}"
                 )
-            for suffix in (".json", ".task.json", ".z8"):
+            for suffix in GAME_SUFFIXES:
                 os.replace(tmp_file.with_suffix(suffix), path.with_suffix(suffix))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -287,14 +352,13 @@ class TextWorldEnv(TextEnv):
             if path != self._game_file or self._env is None:
                 # A fresh TextWorld env per game: re-loading a game into a live env leaks ~0.5 MB per switch.
                 self.close()
-                self._env = textworld.start(
-                    str(path),
-                    textworld.EnvInfos(admissible_commands=True, won=True, lost=True, score=True, max_score=True),
-                )
+                self._env = self._load_checked(path)
                 self._env.seed(EMULATOR_SEED)
                 self._game_file = path
-                self._gold_actions = json.loads(path.with_suffix(".task.json").read_text())["gold_actions"]
             state = self._env.reset()
+        except EnvDataError:
+            self.close()
+            raise
         except Exception as error:
             self.close()
             raise EnvError(f"TextWorld failed to start {path}: {error!r}") from error

@@ -9,9 +9,11 @@ YAML; unknown keys are an error.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trl import ModelConfig, TrlParser
@@ -86,7 +88,27 @@ def parse_args(
         raise ValueError("The recipe must set model_name_or_path (a Hub id or a local directory).")
     if training_args.env_id is None and script_args.dataset_name is None:
         raise ValueError("The recipe must set either env_id (multi-turn env training) or dataset_name (prompts).")
+    if training_args.env_id is not None:  # a mistyped task name fails here, naming the recipe line it came from
+        from ..envs import check_env_name
+
+        check_env_name(training_args.env_id, where=_setting_source(argv, "env_id"))
     return script_args, training_args, model_args
+
+
+def _setting_source(argv: Sequence[str], key: str) -> str:
+    """Where ``key`` was set: its command-line flag, else the ``--config`` file and line."""
+    if any(arg in (f"--{key}", f"--{key.replace('_', '-')}") or arg.startswith(f"--{key}=") for arg in argv):
+        return f"--{key}"
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        config = Path(argv[argv.index("--config") + 1])
+        try:
+            for number, line in enumerate(config.read_text(encoding="utf-8").splitlines(), 1):
+                if re.match(rf"{key}\s*:", line):
+                    return f"{config} line {number} ({key})"
+        except (OSError, UnicodeDecodeError):
+            pass
+        return f"{config} ({key})"
+    return key
 
 
 def check_model_reference(name_or_path: str, argument: str = "model") -> str:

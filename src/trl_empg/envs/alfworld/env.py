@@ -18,11 +18,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import os
 import subprocess
 import sys
 import threading
+import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +34,7 @@ from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
 from textworld.envs.pddl import PddlEnv, textgen
 from textworld.logic import Rule
 
-from ..base import EnvError, Info, TextEnv, check_split, make_info
+from ..base import EnvDataError, EnvError, Info, TextEnv, check_split, make_info, read_json_file
 
 __all__ = ["ALFWorldEnv", "ALFWorldEngine", "TASK_TYPES"]
 
@@ -59,6 +59,10 @@ CACHE_VERSION = 1
 INVALID_ACTION_FEEDBACK = "Nothing happens."
 
 _BANNER = "-= Welcome to TextWorld, ALFRED! =-"
+#: What a game file is, for error messages.
+GAME_FILE = "ALFWorld game file (a JSON object with the keys pddl_domain, pddl_problem, grammar, solvable)"
+#: The text keys the engine loads from a game file.
+GAME_TEXT_KEYS = ("pddl_domain", "pddl_problem", "grammar")
 _PDDL2SAS = fast_downward.pddl2sas
 _PARSE_SYMBOLS = textgen._parse_and_convert
 _ENGINE_LOCK = threading.RLock()
@@ -181,11 +185,59 @@ def _official_games(root: Path, split: str, task_type: str | None) -> list[Path]
         kind = _official_task_type(game_file)
         if kind not in TASK_TYPES or (task_type is not None and kind != task_type):
             continue
-        with open(game_file) as f:
-            if not json.load(f).get("solvable", False):
-                continue
+        if not read_json_file(game_file, GAME_FILE).get("solvable", False):
+            continue
         games.append(game_file)
     return games
+
+
+def read_game(game_file: Path, generated: bool = False) -> dict[str, Any]:
+    """A game file's contents, checked enough that the engine's own errors (a bare ``KeyError``, an
+    ``AttributeError`` on a number) cannot happen: raises :class:`EnvDataError` naming the file and the key."""
+    hint = "; delete the file to have it generated again" if generated else ""
+    try:
+        game = read_json_file(game_file, GAME_FILE)
+    except EnvDataError as error:
+        raise EnvDataError(f"{str(error).removesuffix('.')}{hint}.") from None
+
+    def fail(problem: str) -> EnvDataError:
+        return EnvDataError(f"{game_file}: {problem}{hint}.")
+
+    for key in GAME_TEXT_KEYS:
+        if key not in game:
+            raise fail(f"missing key {key!r} (expected the game's {key.replace('_', ' ')} text)")
+        if not isinstance(game[key], str) or not game[key].strip():
+            raise fail(f"key {key!r} must be a non-empty string, got {type(game[key]).__name__}")
+    walkthrough = game.get("walkthrough")
+    if walkthrough is not None:
+        if not isinstance(walkthrough, list):
+            raise fail(f"key 'walkthrough' must be a list of commands, got {type(walkthrough).__name__}")
+        for index, command in enumerate(walkthrough):
+            if not isinstance(command, str):
+                raise fail(f"key 'walkthrough' element #{index} must be a command string, got {command!r}")
+    if generated:
+        style = game.get("alfworld_style")
+        task_type = style.get("task_type") if isinstance(style, dict) else None
+        if task_type not in TASK_TYPES:
+            raise fail(f"key 'alfworld_style.task_type' must be one of {list(TASK_TYPES)}, got {task_type!r}")
+    return game
+
+
+def _engine_error(game_file: Path, game: Mapping[str, Any], error: Exception) -> str:
+    """Which part of a game file the engine could not load: the PDDL (Fast Downward's parser) or the grammar (TatSu's,
+    which knows the line and column)."""
+    frames = [frame.filename for frame in traceback.extract_tb(error.__traceback__)]
+    if any("fast_downward" in name for name in frames):
+        where = "its PDDL (keys 'pddl_domain' and 'pddl_problem') does not parse"
+    elif any(f"{os.sep}tatsu{os.sep}" in name for name in frames) and isinstance(getattr(error, "pos", None), int):
+        grammar = game["grammar"]
+        line = grammar.count("\n", 0, error.pos) + 1
+        column = error.pos - (grammar.rfind("\n", 0, error.pos) + 1) + 1
+        where = f"key 'grammar' does not parse at its line {line}, column {column}"
+    else:
+        where = "the engine could not start it"
+    message = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{game_file}: ALFWorld's engine rejected this game: {where} ({type(error).__name__}: {message})."
 
 
 class ALFWorldEnv(TextEnv):
@@ -296,7 +348,11 @@ class ALFWorldEnv(TextEnv):
                 f"Generating ALFWorld-style {split} games {missing} took longer than {timeout:.0f} s and was stopped."
             ) from None
         if result.returncode != 0:
-            raise EnvError(f"Generating ALFWorld-style {split} games {missing} failed:\n{result.stderr[-3000:]}")
+            last = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "no error output")
+            raise EnvError(
+                f"Generating ALFWorld-style {split} games (seeds {missing}, task type {self.task_type or 'all'}) "
+                f"into {out_dir} failed with exit code {result.returncode}: {last}\n{result.stderr[-3000:]}"
+            )
         return paths
 
     def _game_file(self, split: str, seed: int) -> Path:
@@ -313,11 +369,11 @@ class ALFWorldEnv(TextEnv):
         return games[index]
 
     def _game_facts(self, game_file: Path) -> tuple[str, list[str]]:
-        """(task type, expert plan) of a game, read once: the plan is the file's walkthrough (empty if it has none)."""
+        """(task type, expert plan) of a game, read and checked once: the plan is the file's walkthrough (empty if it
+        has none). A bad file raises :class:`EnvDataError`, which fails this episode only."""
         key = str(game_file)
         if key not in self._facts:
-            with open(game_file) as f:
-                game = json.load(f)
+            game = read_game(game_file, generated=self.mode == "generated")
             if self.mode == "official":
                 task_type = _official_task_type(game_file)
             else:
@@ -329,18 +385,18 @@ class ALFWorldEnv(TextEnv):
     def reset(self, seed: int = 0, split: str = "train") -> tuple[str, Info]:
         check_split(split)
         game_file = self._game_file(split, int(seed))
+        task_type, gold_actions = self._game_facts(game_file)
         if self._engine is None:
             self._engine = ALFWorldEngine()
         try:
             self._engine.load(str(game_file))
             state = self._engine.reset()
         except Exception as error:
-            raise EnvError(f"ALFWorld's engine failed to start {game_file}: {error!r}") from error
+            raise EnvDataError(_engine_error(game_file, read_game(game_file), error)) from error
         self._admissible = list(state["admissible_commands"])
         self._steps = 0
         self._done = False
         observation = state["feedback"].replace(_BANNER, "", 1).strip()
-        task_type, gold_actions = self._game_facts(game_file)
         info = make_info(
             admissible_actions=self._admissible,
             gold_actions=gold_actions,

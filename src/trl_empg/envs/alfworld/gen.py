@@ -37,7 +37,7 @@ import numpy as np
 from alfworld.gen.goal_library import gdict as GOAL_LIBRARY
 from alfworld.info import ALFRED_PDDL_PATH, ALFRED_TWL2_PATH
 
-from ..base import SPLITS, check_split
+from ..base import SPLITS, check_split, read_json_file
 from .env import CACHE_VERSION, TASK_TYPES, ALFWorldEngine
 
 LAYOUTS_DIR = Path(alfworld.__file__).parent / "gen" / "layouts"
@@ -110,10 +110,8 @@ class FloorPlan:
 @functools.cache
 def load_floor_plan(number: int) -> FloorPlan:
     """Read a floor plan's layout files (the receptacles the layouts name are all static, but filter to be safe)."""
-    with open(LAYOUTS_DIR / f"FloorPlan{number}-openable.json") as f:
-        poses = json.load(f)
-    with open(LAYOUTS_DIR / f"FloorPlan{number}-objects.json") as f:
-        types = json.load(f)
+    poses = read_json_file(LAYOUTS_DIR / f"FloorPlan{number}-openable.json", "alfworld's receptacle-pose layout")
+    types = read_json_file(LAYOUTS_DIR / f"FloorPlan{number}-objects.json", "alfworld's room-object layout", list)
     points = np.load(LAYOUTS_DIR / f"FloorPlan{number}-layout.npy")
     room = next(name for name, base in ROOM_BASES.items() if base < number <= base + 30)
     receptacles = {

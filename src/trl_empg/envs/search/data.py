@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..base import EnvDataError
+
 __all__ = [
     "Corpus",
     "Question",
@@ -330,33 +332,47 @@ def load_corpus(path: str | os.PathLike[str]) -> Corpus:
     """Read a Search-R1 corpus JSONL file; every line needs ``id`` and a string ``contents``."""
     file = _require_file(path, "corpus")
     corpus = Corpus()
-    with open(file, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = _json_row(line, file, line_no)
-            if "id" not in row:
-                raise ValueError(f"{file}:{line_no}: corpus row has no 'id' field (expected {{'id', 'contents'}}).")
-            contents = row.get("contents")
-            if not isinstance(contents, str):
-                raise ValueError(f"{file}:{line_no}: corpus field 'contents' is missing or not a string.")
-            first, sep, rest = contents.partition("\n")
-            titled = bool(sep) and len(first) >= 2 and first.startswith('"') and first.endswith('"')
-            corpus.ids.append(str(row["id"]))
-            corpus.titles.append(first[1:-1] if titled else "")
-            corpus.contents.append(contents)
+    with open(file, "rb") as f:  # streamed (a Wikipedia corpus is gigabytes), decoded line by line to name the line
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise EnvDataError(f"{file}:{line_no}: not UTF-8 text ({error.reason}).") from None
+            if line.strip():
+                _add_passage(corpus, _json_row(line, file, line_no), file, line_no)
     if not corpus.contents:
-        raise ValueError(f"Search corpus file {str(file)!r} has no passages.")
+        raise EnvDataError(f"Search corpus file {str(file)!r} has no passages.")
     return corpus
+
+
+def _add_passage(corpus: Corpus, row: dict[str, Any], file: Path, line_no: int) -> None:
+    if "id" not in row:
+        raise EnvDataError(f"{file}:{line_no}: corpus row has no 'id' field (expected {{'id', 'contents'}}).")
+    contents = row.get("contents")
+    if not isinstance(contents, str):
+        raise EnvDataError(f"{file}:{line_no}: corpus field 'contents' is missing or not a string.")
+    first, sep, rest = contents.partition("\n")
+    titled = bool(sep) and len(first) >= 2 and first.startswith('"') and first.endswith('"')
+    corpus.ids.append(str(row["id"]))
+    corpus.titles.append(first[1:-1] if titled else "")
+    corpus.contents.append(contents)
+
+
+def _text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = file.read_bytes()[: error.start].count(b"\n") + 1
+        raise EnvDataError(f"{file}:{line}: not UTF-8 text ({error.reason} at byte {error.start}).") from None
 
 
 def _json_row(line: str, file: Path, line_no: int) -> dict[str, Any]:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{file}:{line_no}: not valid JSON ({error}).") from None
+        raise EnvDataError(f"{file}:{line_no}: not valid JSON at column {error.colno} ({error.msg}).") from None
     if not isinstance(row, dict):
-        raise ValueError(f"{file}:{line_no}: expected a JSON object, got {type(row).__name__}.")
+        raise EnvDataError(f"{file}:{line_no}: expected a JSON object, got {type(row).__name__}.")
     return row
 
 
@@ -365,14 +381,22 @@ def _rows(file: Path) -> list[tuple[str, dict[str, Any]]]:
     if file.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return [(f"{file} row {i}", row) for i, row in enumerate(pq.read_table(file).to_pylist())]
-    with open(file, encoding="utf-8") as f:
-        text = f.read()
+        try:
+            table = pq.read_table(file)
+        except Exception as error:  # pyarrow's errors (ArrowInvalid, OSError) name neither the file nor the cause
+            raise EnvDataError(f"{file}: not a readable Parquet file ({type(error).__name__}: {error}).") from None
+        return [(f"{file} row {i}", row) for i, row in enumerate(table.to_pylist())]
+    text = _text(file)
     if file.suffix == ".json" and text.lstrip().startswith("["):
-        rows = json.loads(text)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise EnvDataError(
+                f"{file}:{error.lineno}: not valid JSON at column {error.colno} ({error.msg})."
+            ) from None
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                raise ValueError(f"{file} row {i}: expected a JSON object, got {type(row).__name__}.")
+                raise EnvDataError(f"{file} row {i}: expected a JSON object, got {type(row).__name__}.")
         return [(f"{file} row {i}", row) for i, row in enumerate(rows)]
     lines = text.splitlines()
     return [(f"{file}:{n}", _json_row(line, file, n)) for n, line in enumerate(lines, 1) if line.strip()]
@@ -405,21 +429,21 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
         for name, get, expected in checks:
             value = get(row)
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{where}: field {name!r} is missing or not {expected}.")
+                raise EnvDataError(f"{where}: field {name!r} is missing or not {expected}.")
         golden = _string_list(_golden(row))
         if not golden:
-            raise ValueError(
+            raise EnvDataError(
                 f"{where}: field 'golden_answers' (or 'reward_model.ground_truth.target') is missing or not a "
                 "non-empty list of strings."
             )
         metadata = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
         queries = metadata.get("gold_queries", [])
         if not isinstance(queries, list) or not all(isinstance(q, str) and q.strip() for q in queries):
-            raise ValueError(f"{where}: field 'metadata.gold_queries' must be a list of non-empty strings.")
+            raise EnvDataError(f"{where}: field 'metadata.gold_queries' must be a list of non-empty strings.")
         template = metadata.get("template", "")
         questions.append(
             Question(row["question"].strip(), tuple(golden), row["data_source"], tuple(queries), str(template or ""))
         )
     if not questions:
-        raise ValueError(f"Search questions file {str(file)!r} has no rows.")
+        raise EnvDataError(f"Search questions file {str(file)!r} has no rows.")
     return questions

@@ -33,6 +33,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from ..base import EnvDataError
+
 #: engine.py's ``PRICE_RANGE``: the price limits goals draw from.
 PRICE_RANGE = [10.0 * i for i in range(1, 100)]
 #: goal.py's "no limit" price, used when fewer than two limits lie above the price.
@@ -46,7 +48,7 @@ _PRICE_SEED = 0
 _SHUFFLE_SEED = 233
 
 
-class WebShopDataError(ValueError):
+class WebShopDataError(EnvDataError):
     """A WebShop data file is missing or not in the expected schema; the message names the file and the field."""
 
 
@@ -156,7 +158,11 @@ def _read_json(path: Path, kind: str, expected: type) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+    except json.JSONDecodeError as error:
+        raise WebShopDataError(
+            f"{path}:{error.lineno}: not valid JSON at column {error.colno} ({error.msg})."
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
         raise WebShopDataError(f"{path}: not readable as JSON ({error}).") from None
     if not isinstance(data, expected):
         raise _fail(path, "top level", f"expected a JSON {'list' if expected is list else 'object'}")

@@ -22,6 +22,7 @@ import json
 import os
 import random
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,8 +385,12 @@ def load_generated(
     params = f"v{GENERATOR_VERSION}:{num_products}:{goals_per_product}:{seed}"
     path = Path(cache_dir).expanduser() / f"generated-{hashlib.sha256(params.encode()).hexdigest()[:16]}.json"
     if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            return Catalogue.from_json(json.load(f))
+        try:
+            with open(path, encoding="utf-8") as f:
+                return Catalogue.from_json(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError) as error:  # a damaged cache file: generate it again
+            problem = f"{type(error).__name__}: {error}"
+            warnings.warn(f"{path}: unreadable cached catalogue ({problem}); regenerating it.", stacklevel=2)
     catalogue = generate_catalogue(num_products, goals_per_product, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
