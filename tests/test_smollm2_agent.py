@@ -160,3 +160,28 @@ def test_the_real_plan_is_well_formed(agent, tmp_path):
     differing = {grpo[i - 1] for i, (a, b) in enumerate(zip(grpo, empg)) if a != b}
     assert differing == {"--modulation", "--output_dir"}
     assert grpo[grpo.index("--modulation") + 1] == "none" and empg[empg.index("--modulation") + 1] == "empg"
+
+
+def test_card_says_what_a_local_start_was(tmp_path):
+    """``trl-empg card --start_description``: a run started from a local warm start of a converted GGUF model says
+    so on its card (the SmolLM2 example card is rendered this way)."""
+    from trl_empg.hub.commands import card_main
+
+    training = {
+        "env_id": "search",
+        "max_turns": 4,
+        "max_turn_tokens": 32,
+        "max_completion_length": 1536,
+        "show_admissible_actions": True,
+        "temperature": 1.0,
+        "prompt_style": "plain",
+        "modulation": "empg",
+        "loss_type": "grpo",
+    }
+    model = {"model_name_or_path": "runs/smollm2-agent/sft_search", "use_peft": True, "lora_r": 16}
+    (tmp_path / "run_config.json").write_text(json.dumps({"script": {}, "training": training, "model": model}))
+    start = "a dequantised Q4_1 copy of SmolLM2-135M-Instruct, warm-started on gold plans"
+    card = card_main(
+        ["--run_dir", str(tmp_path), "--repo_id", "me/agent", "--start_description", start, "--output", "-"]
+    )
+    assert f"starting from {start}." in card and f"**Base model:** {start}" in card

@@ -31,6 +31,13 @@ class _CardOptions:
     base_model: str | None = field(
         default=None, metadata={"help": "Hub id of the base model (None: the config's model_name_or_path)."}
     )
+    start_description: str | None = field(
+        default=None,
+        metadata={
+            "help": "What training started from, in words, when it is not a Hub model (a local warm start, a "
+            "converted GGUF file); the card's 'starting from ...' (ignored when a base model id is known)."
+        },
+    )
     license: str = field(default="apache-2.0", metadata={"help": "License of the uploaded model."})
 
 
