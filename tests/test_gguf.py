@@ -29,6 +29,13 @@ from trl_empg.workflows.gguf import (
 )
 
 
+@pytest.fixture(autouse=True)
+def keep_bitsandbytes_importable(monkeypatch):
+    """`trl-empg <command>` marks bitsandbytes absent for the rest of the process (slow to import, unused by
+    most commands); in a test session that would break the 4-bit tests that run later: the CLI calls here keep it."""
+    monkeypatch.setenv("TRL_EMPG_IMPORT_BITSANDBYTES", "1")
+
+
 def test_the_converted_smollm2_is_a_standard_directory_with_its_provenance(smollm2_dir):
     source = packaged_gguf()
     provenance = read_provenance(smollm2_dir)

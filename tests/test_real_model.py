@@ -16,6 +16,7 @@ import math
 import sys
 from pathlib import Path
 
+import bitsandbytes as bnb  # at collection, as tests/test_qlora.py: before any `trl-empg` call can defer it
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,17 +102,17 @@ def test_kv_reuse_is_greedy_identical_to_re_encoding_over_a_multi_turn_episode(f
     greedy = SamplingSettings(do_sample=False)
     plain, reused = HFPolicy(model, tokenizer, greedy, reuse_kv_cache=False), HFPolicy(model, tokenizer, greedy)
     with EnvPool("twx:coin") as pool:
-        episodes = {policy is reused: run_episodes(pool, TASKS, tokenizer, policy, settings, prompts) for policy in
-                    (plain, reused)}  # fmt: skip
+        re_encoded = run_episodes(pool, TASKS, tokenizer, plain, settings, prompts)
+        cached = run_episodes(pool, TASKS, tokenizer, reused, settings, prompts)
     assert reused.kv_cache.stats["reused_tokens"] > reused.kv_cache.stats["prefilled_tokens"] > 0
-    assert max(episode.num_turns for episode in episodes[True]) >= 2  # later turns continued from the cache
-    for a, b in zip(episodes[False], episodes[True]):
+    assert max(episode.num_turns for episode in cached) >= 2  # later turns continued from the cache
+    for a, b in zip(re_encoded, cached, strict=True):
         assert b.completion_ids == a.completion_ids
         assert (b.env_mask, b.step_ids, b.actions, b.messages) == (a.env_mask, a.step_ids, a.actions, a.messages)
         assert (b.reward, b.num_turns, b.end_reason) == (a.reward, a.num_turns, a.end_reason)
         assert b.entropies == pytest.approx(a.entropies, abs=1e-4)
     # The prompt is SmolLM2's own ChatML rendering (the agent's system prompt replaces the template's default one).
-    assert tokenizer.decode(episodes[True][0].prompt_ids).startswith("<|im_start|>system\n")
+    assert tokenizer.decode(cached[0].prompt_ids).startswith("<|im_start|>system\n")
 
 
 def test_full_fine_tuning_step_with_generation_entropies_equal_to_trls(tmp_path, smollm2_dir, monkeypatch):
@@ -209,7 +210,6 @@ def test_lora_step_trains_only_the_adapters_of_the_bf16_base(lora_run):
 
 
 def test_nf4_base_with_a_lora_step(tmp_path, smollm2_dir):
-    import bitsandbytes as bnb
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig
 
