@@ -28,9 +28,11 @@ from environments import DEFAULT_ENV
 from hosting import Deadline, active_policy, check_text
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from trl_empg.bundled import bundled_agent, installed_agents
 from trl_empg.hub.push import RUN_CONFIG_NAME
 from trl_empg.rollout import EpisodeEngine, EpisodeState, GenerateFn
 from trl_empg.rollout.policy import HFPolicy, SamplingSettings
+from trl_empg.workflows.gguf import PROVENANCE_NAME
 from trl_empg.workflows.quickstart import DEFAULT_RECIPE
 from trl_empg.workflows.tiny import build_tiny_agent
 
@@ -39,24 +41,51 @@ BUILTIN_TINY = "builtin:tiny-twx-coin"
 #: Where the quickstart leaves its agents, relative to the repository (or the working directory).
 QUICKSTART_CHECKPOINTS = {"EMPG agent": "runs/quickstart/empg", "warm start (SFT)": "runs/quickstart/sft"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Menu entries for the package's bundled agents: ``bundled:<name>``.
+BUNDLED_PREFIX = "bundled:"
+#: Most agents found under runs/ that the menu lists.
+MAX_LOCAL_AGENTS = 20
 #: Loaded checkpoints kept in memory (two, so a comparison or a switch back does not reload).
 MAX_LOADED_AGENTS = 2
 
 
 def available_checkpoints(extra: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(label, value) menu entries: the operator's checkpoints (its policy's, then ``extra``), the quickstart's agents
-    when present, the tiny agent. These are all a visitor may pick (see :func:`check_checkpoint`)."""
+    """(label, value) menu entries: the operator's checkpoints (its policy's, then ``extra``), the agents shipped with
+    the package, the agents found under ``runs/`` (:func:`local_agents`), the tiny agent. These are all a visitor may
+    pick (see :func:`check_checkpoint`)."""
     entries = [(name, name) for name in dict.fromkeys([*active_policy().checkpoints, *extra])]
-    seen: set[Path] = set()
-    for label, relative in QUICKSTART_CHECKPOINTS.items():
-        for base in (Path.cwd(), REPO_ROOT):
-            path = base / relative
-            if (path / "config.json").is_file() and path.resolve() not in seen:
-                seen.add(path.resolve())
-                shown = relative if base == Path.cwd() else str(path)
-                entries.append((f"{label} ({shown})", shown))
+    entries += [(about, BUNDLED_PREFIX + name) for name, about in installed_agents().items()]
+    entries += local_agents()
     entries.append(("tiny random agent, built offline (twx:coin tokenizer)", BUILTIN_TINY))
     return entries
+
+
+def local_agents() -> list[tuple[str, str]]:
+    """Agents under ``runs/`` (of the working directory, then of the repository): the quickstart's, models converted
+    by ``trl-empg convert-gguf`` (``gguf_provenance.json``) and finished training runs (``run_config.json``), at most
+    :data:`MAX_LOCAL_AGENTS`, never checkpoint folders."""
+    entries: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    for base in (Path.cwd(), REPO_ROOT):
+        found = [base / relative for relative in QUICKSTART_CHECKPOINTS.values()]
+        for depth in ("*", "*/*", "*/*/*"):
+            found += sorted((base / "runs").glob(f"{depth}/config.json"), key=str)
+        for path in (item.parent if item.name == "config.json" else item for item in found):
+            if path.resolve() in seen or not (path / "config.json").is_file() or path.name.startswith("checkpoint-"):
+                continue
+            shown = str(path.relative_to(base)) if base == Path.cwd() else str(path)
+            quickstart = next((name for name, rel in QUICKSTART_CHECKPOINTS.items() if Path(rel) == Path(shown)), None)
+            if quickstart:
+                label = f"{quickstart} ({shown})"
+            elif (path / PROVENANCE_NAME).is_file():
+                label = f"converted from GGUF ({shown})"
+            elif (path / RUN_CONFIG_NAME).is_file():
+                label = f"trained run ({shown})"
+            else:
+                continue
+            seen.add(path.resolve())
+            entries.append((label, shown))
+    return entries[:MAX_LOCAL_AGENTS]
 
 
 def hub_model_size_mb(repo_id: str) -> float:
@@ -119,6 +148,8 @@ def resolve_checkpoint(checkpoint: str) -> str:
     Built into a temporary directory and renamed, so a half-written agent never looks like a checkpoint.
     """
     checkpoint = check_checkpoint(checkpoint)
+    if checkpoint.startswith(BUNDLED_PREFIX):
+        return str(bundled_agent(checkpoint.removeprefix(BUNDLED_PREFIX)))
     if checkpoint != BUILTIN_TINY:
         if not Path(checkpoint).expanduser().exists() and not is_hub_id(checkpoint):
             raise SpaceError(f"Cannot load the agent {checkpoint!r}: no such local directory (and not a Hub id).")
@@ -179,7 +210,8 @@ def checkpoint_defaults(checkpoint: str) -> CheckpointDefaults:
             "Settings: the quickstart recipe's.",
         )
     try:
-        config = read_run_config(check_checkpoint(checkpoint))
+        checked = check_checkpoint(checkpoint)
+        config = read_run_config(resolve_checkpoint(checked) if checked.startswith(BUNDLED_PREFIX) else checked)
     except SpaceError as error:
         return CheckpointDefaults(DemoSettings.from_mapping(), None, f"Error: {error}")
     training = (config or {}).get("training") or {}

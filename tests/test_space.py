@@ -25,7 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import torch  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 
-from trl_empg import EMPGConfig  # noqa: E402
+from trl_empg import EMPGConfig, bundled  # noqa: E402
 from trl_empg.envs import ENV_FAMILIES, make  # noqa: E402
 from trl_empg.envs.pool import EnvPool  # noqa: E402
 from trl_empg.modulation import g, normalized_entropy  # noqa: E402
@@ -110,7 +110,11 @@ def test_settings_are_fields_of_the_projects_settings_dataclasses():
         assert setting.default == field.default and setting.help == field.metadata["help"]
     sources = {setting.name: setting.source for setting in SETTINGS}
     assert {name for name, source in sources.items() if source is RolloutArguments} == {
-        "prompt_style", "show_admissible_actions", "max_turns", "max_turn_tokens", "max_completion_length"
+        "prompt_style",
+        "show_admissible_actions",
+        "max_turns",
+        "max_turn_tokens",
+        "max_completion_length",
     }
     assert sources["env_kwargs"] is EnvArguments and sources["empg_zeta"] is EMPGConfig
     assert sources["temperature"] is evaluation.EvalArguments
@@ -120,7 +124,9 @@ def test_settings_are_fields_of_the_projects_settings_dataclasses():
     assert defaults.env_kwargs == parse_env_kwargs(EnvArguments().env_kwargs)
     empg = {item.name: item.default for item in fields(EMPGConfig)}
     assert (defaults.empg_k, defaults.empg_k_future, defaults.empg_zeta) == (
-        empg["empg_k"], empg["empg_k_future"], empg["empg_zeta"]
+        empg["empg_k"],
+        empg["empg_k_future"],
+        empg["empg_zeta"],
     )
     assert DemoSettings.from_values(defaults.values()) == defaults
     assert SETTINGS_SHORT.rollout == RolloutArguments(
@@ -547,6 +553,32 @@ def test_bad_settings_give_messages():
 # ---------------------------------------------------------------------------------------------------------------------
 # Menus and launch options
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_menu_offers_the_shipped_agent_first_then_local_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(agents, "REPO_ROOT", tmp_path)  # this checkout's own runs/ stay out of the menu
+    converted = tmp_path / "runs" / "smollm2-135m-instruct-bf16"
+    trained = tmp_path / "runs" / "smollm2" / "search-sft"
+    for path, marker in ((converted, "gguf_provenance.json"), (trained, "run_config.json")):
+        (path / "checkpoint-5").mkdir(parents=True)
+        for folder in (path, path / "checkpoint-5"):
+            (folder / "config.json").write_text("{}")
+        (path / marker).write_text("{}")
+    (tmp_path / "runs" / "no-model").mkdir()
+    menu = agents.available_checkpoints()
+    assert menu[0] == (bundled.BUNDLED_AGENTS["twx-coin-empg"], "bundled:twx-coin-empg")  # the page's default
+    assert menu[1:] == [
+        ("converted from GGUF (runs/smollm2-135m-instruct-bf16)", "runs/smollm2-135m-instruct-bf16"),
+        ("trained run (runs/smollm2/search-sft)", "runs/smollm2/search-sft"),
+        ("tiny random agent, built offline (twx:coin tokenizer)", BUILTIN_TINY),
+    ]
+    assert agents.resolve_checkpoint("bundled:twx-coin-empg") == str(bundled.bundled_agent("twx-coin-empg"))
+    shipped = agents.checkpoint_defaults("bundled:twx-coin-empg")
+    training = json.loads((bundled.bundled_agent("twx-coin-empg") / "run_config.json").read_text())["training"]
+    assert shipped.env_id == "twx:coin" and shipped.settings == DemoSettings.from_training(training)
+    with pytest.raises(SpaceError, match="not offered here"):
+        agents.check_checkpoint("bundled:no-such-agent")
 
 
 def test_env_menu_lists_every_registered_family():
