@@ -2,9 +2,13 @@
 # GPU check, sized for one H100/H200 and ~8 minutes through the `device` tool (nothing can be downloaded there):
 #   1. EMPG vs GRPO step time and peak CUDA memory in bf16, a randomly initialised model of Qwen2.5-1.5B's shape;
 #   2. KV-cache reuse vs re-encoding: rollout seconds per turn at 32 episodes x 20 turns;
-#   3. a 4-bit (bitsandbytes nf4) load of that model plus one QLoRA EMPG training step.
+#   3. a 4-bit (bitsandbytes nf4) load of that model plus one QLoRA EMPG training step;
+#   4. this project's rollout vs TRL's own multi-turn tool loop on identical (forced) work, 16 episodes x 5-40 turns,
+#      a randomly initialised model of Qwen2.5-1.5B's configuration (its 151k vocabulary included) in bf16.
 # Usage (repository root, venv built by `make install` or carried): bash benchmarks/gpu_check.sh [OUT_DIR]
-# Results: OUT_DIR/{overhead_gpu.json,horizon_gpu.json,qlora_gpu.json} and gpu_check.log, with the device named.
+# Results: OUT_DIR/{overhead_gpu.json,horizon_gpu.json,qlora_gpu.json,peer_gpu.json} and gpu_check.log, with the
+# device named. Step 4 uses SmolLM2's tokenizer when runs/smollm2-135m-instruct-bf16/tokenizer*.json are carried, else
+# the tiny agent's.
 set -euo pipefail
 out=${1:-${OUT:-benchmarks/results/gpu}}
 mkdir -p "$out"
@@ -66,4 +70,7 @@ result = {"device": torch.cuda.get_device_name(0), "load_s": round(loaded, 1),
 print(json.dumps(result))
 open(sys.argv[1], "w").write(json.dumps(result, indent=2) + "\n")
 PY
+echo "== 4. this project's rollout vs TRL's tool loop (bf16, Qwen2.5-1.5B configuration) =="
+timeout 300 "$py" benchmarks/peer_tool_loop.py --model qwen2.5-1.5b-shape --dtype bfloat16 --device cuda \
+  --episodes 16 --turns 5 10 20 40 --rounds 1 --out "$out/peer_gpu.json"
 echo "done"
