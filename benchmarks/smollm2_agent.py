@@ -257,7 +257,18 @@ BENCHMARKS: dict[str, Benchmark] = {
         sft_batch=4,
     ),
     # twx:coin with the game's default map (doors included); gold plans average ~3.6 turns within 10.
-    "coin": Benchmark("coin", "twx:coin", max_turns=10, max_turn_tokens=16, max_completion_length=3072),
+    # Sized from costs_coin.json (load average ~10): 9.6 s per demonstration, 7.4 s per zero-shot episode (all 10
+    # turns, every reply invalid): 120 demonstrations (30 steps of 4) is ~20 minutes.
+    "coin": Benchmark(
+        "coin",
+        "twx:coin",
+        max_turns=10,
+        max_turn_tokens=16,
+        max_completion_length=3072,
+        num_demos=120,
+        sft_steps=30,
+        sft_batch=4,
+    ),
     # WebShop-style: search, click a product, its options, buy (4.6 gold turns), ~1,400-token demonstrations.
     "webshop": Benchmark("webshop", "webshop", max_turns=8, max_turn_tokens=32, max_completion_length=3072),
 }
@@ -282,12 +293,12 @@ class RLPlan:
     benchmark: str = "search"
     methods: tuple[str, ...] = ("grpo", "empg")
     seeds: tuple[int, ...] = (0,)
-    # Sized from costs_search.json: ~80 tokens/s forward+backward and ~2-4 s per episode on one loaded thread give
-    # ~2 minutes per step of 16 episodes (4 questions x 4); 4 episodes per group keep most groups mixed at a warm
-    # start winning 30-60%. Checkpoints at steps 5 and 10, each evaluated on the warm start's test tasks.
-    max_steps: int = 10
-    save_steps: int = 5
-    num_tasks_per_step: int = 4
+    # Sized from costs_search.json and warm_search.json: ~65-80 tokens/s forward+backward and ~3 s per episode on
+    # one loaded thread give ~1-1.5 minutes per step of 8 episodes (2 questions x 4, the recipe's), so 8 steps and
+    # two evaluations of 100 questions (~5 minutes each) keep a method's stages near 25 minutes.
+    max_steps: int = 8
+    save_steps: int = 4
+    num_tasks_per_step: int = 2
     num_generations: int = 4
     learning_rate: float = 5e-5  # the recipe's, fixed here so that every session's runs compare
     eval_tasks: int = 100
@@ -782,27 +793,46 @@ def rl_curves(job: Job) -> dict[str, list[dict[str, Any]]]:
 
 
 def plot_curves(job: Job, path: Path) -> Path | None:
+    """Left: test success at each evaluated checkpoint with its interval (step 0: the warm start). Right: the
+    training rollouts' success per step (train questions, 8 episodes a step: noisy, but every step)."""
     curves = rl_curves(job)
-    if not curves:
+    runs = {
+        f"{method} (seed {seed})": job.result(f"rl_{method}_{RL.benchmark}_s{seed}")
+        for seed in RL.seeds
+        for method in RL.methods
+    }
+    runs = {label: run for label, run in runs.items() if run is not None}
+    if not curves and not runs:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6, 4), dpi=120)
+    figure = Figure(figsize=(11, 4), dpi=110)
     FigureCanvasAgg(figure)
-    ax = figure.add_subplot()
+    test_ax, train_ax = figure.subplots(1, 2)
     for offset, (label, points) in enumerate(curves.items()):
-        steps = [p["step"] + 0.15 * offset for p in points]  # side by side, so the intervals do not hide each other
+        steps = [p["step"] + 0.1 * offset for p in points]  # side by side, so the intervals do not hide each other
         success = [p["success"] for p in points]
         low = [p["success"] - p["ci"][0] for p in points]
         high = [p["ci"][1] - p["success"] for p in points]
-        ax.errorbar(steps, success, yerr=[low, high], marker="o", capsize=3, label=label)
-    ax.set_xlabel("RL step (0: warm start)")
-    ax.set_ylabel(f"test success ({RL.eval_tasks} tasks, 95% Wilson CI)")
-    ax.set_title(f"SmolLM2-135M-Instruct on {RL.benchmark}-style: GRPO vs EMPG")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
+        test_ax.errorbar(steps, success, yerr=[low, high], marker="o", capsize=3, label=label)
+    test_ax.set_xlabel("RL step (0: warm start)")
+    test_ax.set_ylabel(f"test success ({RL.eval_tasks} questions, 95% Wilson CI)")
+    test_ax.set_title("Held-out test questions (sampled, T=1)")
+    for label, run in runs.items():
+        rows = [row for row in run["log_history"] if "env/success_rate" in row]
+        train_ax.plot(
+            [row["step"] for row in rows], [row["env/success_rate"] for row in rows], marker=".", label=label
+        )
+    train_ax.set_xlabel("RL step")
+    train_ax.set_ylabel("success of the step's rollouts")
+    train_ax.set_title("Training rollouts (train questions)")
+    for ax in (test_ax, train_ax):
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    figure.suptitle(f"SmolLM2-135M-Instruct (dequantised Q4_1, LoRA) on {RL.benchmark}-style: GRPO vs EMPG")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return path
