@@ -19,7 +19,7 @@ DOCS = [
 ]
 DOTTED = re.compile(r"\btrl_empg(?:\.[A-Za-z_]\w*)+")
 # `trl_empg/methods/empg.py`, `trl_empg/envs/`, `trl_empg/methods/{empg,aem}.py` (one brace group, shell-style)
-FILE_PATH = re.compile(r"\btrl_empg/[\w/.]*(?:\{[\w,]+\}[\w/.]*)?")
+FILE_PATH = re.compile(r"\btrl_empg/[\w/.-]*(?:\{[\w,]+\}[\w/.-]*)?")
 
 
 def _named(pattern: re.Pattern[str]) -> list[str]:
