@@ -418,3 +418,27 @@ def test_round_trip_pushed_files_play_through_the_cards_snippets(monkeypatch, ru
     assert hasattr(evaluation, "evaluate_agent")
     rerendered = hub.render_run_card(repo, "alice/tiny-coin", eval_files=[tmp_path / "eval_round_trip.json"])
     assert f"| 2 | {report['success_rate']:.3f} [" in rerendered
+
+
+def test_card_says_a_run_started_from_a_model_converted_from_gguf(tmp_path):
+    """A run whose warm start began from a convert-gguf directory: the card says what those weights are."""
+    from trl_empg.workflows.gguf import PROVENANCE_NAME
+
+    converted, warm, run = tmp_path / "smollm2-bf16", tmp_path / "sft", tmp_path / "rl"
+    for path in (converted, warm, run):
+        path.mkdir()
+    description = "Weights dequantised from the Q4_1 GGUF file X.gguf, saved in bfloat16; not the original weights."
+    (converted / PROVENANCE_NAME).write_text(json.dumps({"description": description}))
+    for path, start in ((warm, converted), (run, warm)):
+        training = {
+            "env_id": "twx:coin", "max_turns": 5, "max_turn_tokens": 16, "max_completion_length": 256,
+            "prompt_style": "plain", "show_admissible_actions": True, "temperature": 1.0,
+        }  # fmt: skip
+        config = {"training": training, "model": {"model_name_or_path": str(start)}}
+        (path / "run_config.json").write_text(json.dumps(config))
+    card = hub.render_run_card(run, "alice/smol-coin")
+    assert (
+        "starting from `smollm2-bf16`, converted from GGUF by `trl-empg convert-gguf` (weights dequantised from the "
+        "Q4_1 GGUF file X.gguf, saved in bfloat16; not the original weights)." in card
+    )
+    assert hub.render_run_card(run, "alice/smol-coin", start_description="my start").count("my start") == 2

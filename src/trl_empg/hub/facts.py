@@ -143,6 +143,29 @@ def hub_model_id(name_or_path: str | None) -> str | None:
     return name_or_path
 
 
+def converted_start(model_config: Mapping[str, Any], max_depth: int = 3) -> str | None:
+    """What a run started from when its weights trace back to a model converted from GGUF by ``trl-empg
+    convert-gguf``: that conversion's own description (e.g. "a dequantised Q4_1 copy of SmolLM2-135M-Instruct"),
+    found in the start's ``gguf_provenance.json`` or, through each warm start's ``run_config.json``, in its start's."""
+    from ..workflows.gguf import read_provenance
+
+    name = model_config.get("model_name_or_path")
+    for _ in range(max_depth):
+        if not isinstance(name, str) or not Path(name).expanduser().is_dir():
+            return None
+        directory = Path(name).expanduser()
+        provenance = read_provenance(directory)
+        if provenance and provenance.get("description"):
+            what = str(provenance["description"]).rstrip(".")
+            return f"`{directory.name}`, converted from GGUF by `trl-empg convert-gguf` ({what[:1].lower()}{what[1:]})"
+        try:
+            config = json.loads((directory / "run_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        name = (config.get("model") or {}).get("model_name_or_path")
+    return None
+
+
 def check_repo_id(repo_id: str, argument: str = "repo_id") -> str:
     """``repo_id`` if huggingface_hub accepts it as a repo id, else a ValueError naming it and the rule it breaks."""
     try:

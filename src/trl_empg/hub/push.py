@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - depends on the installed huggingface_h
     from httpx import TransportError
 
 from .cards import render_model_card
-from .facts import check_repo_id, hub_model_id, redact
+from .facts import check_repo_id, converted_start, hub_model_id, redact
 
 __all__ = [
     "RUN_CONFIG_NAME",
@@ -286,7 +286,7 @@ def _render(
         plots=[f"plots/{path.name}" for path in plots],
         model_config=config.get("model", {}),
         license=license,
-        start_description=start_description,
+        start_description=start_description or converted_start(config.get("model", {})),
     )
 
 
