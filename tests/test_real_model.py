@@ -305,14 +305,13 @@ def test_the_space_plays_smollm2(smollm2_dir, monkeypatch):
     operator offers checkpoints (TRL_EMPG_SPACE_CHECKPOINTS)."""
     sys.path.insert(0, str(SPACES))  # the Space's modules import each other by name, as app.py beside them does
     import agents
+    import hosting
     import watch
     from agent_settings import DemoSettings
 
-    hosting = sys.modules.get("hosting")  # the operator's policy module, where the Space has one
-    previous = hosting.active_policy() if hosting is not None else None
+    previous = hosting.active_policy()
     monkeypatch.setenv("TRL_EMPG_SPACE_CHECKPOINTS", str(smollm2_dir))
-    if hosting is not None:  # a policy installed earlier in this process was read before the variable was set
-        hosting.configure(hosting.HostPolicy.from_env())
+    hosting.configure(hosting.HostPolicy.from_env())
     try:
         settings = DemoSettings.from_mapping(
             prompt_style="plain", max_turns=2, max_turn_tokens=8, max_completion_length=1024
@@ -320,8 +319,7 @@ def test_the_space_plays_smollm2(smollm2_dir, monkeypatch):
         views = list(watch.run_episode(str(smollm2_dir), "twx:coin", TASKS[0][0], settings))
         agent = agents.load_agent(str(smollm2_dir))
     finally:
-        if previous is not None:
-            hosting.configure(previous)
+        hosting.configure(previous)
     final = views[-1]
     assert final.error is None and final.finished, final.status
     assert 1 <= len(final.steps) <= 2 and final.end_reason in ("won", "max_turns")
