@@ -590,7 +590,9 @@ def rl_argv(job: Job, method: str, bench_name: str, seed: int) -> list[str]:
         "env_kwargs": json.dumps(bench.env_kwargs),
         **{name: getattr(rollout, name) for name in RL_ROLLOUT_FIELDS},
         "num_generations": RL.num_generations,
-        "per_device_train_batch_size": RL.num_generations * RL.num_tasks_per_step,
+        # The recipe's micro-batches of 2 episodes: one micro-batch of 8 episodes passed 9 GB (recipe header).
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": RL.num_generations * RL.num_tasks_per_step // 2,
         "learning_rate": RL.learning_rate,
         "max_steps": RL.max_steps,
         "save_strategy": "steps",
