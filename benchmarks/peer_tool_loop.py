@@ -174,6 +174,9 @@ def load_model(name: str, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
         else:
             model = Qwen2ForCausalLM(Qwen2Config(**QWEN25_15B_SHAPE, rope_theta=1e6, **special))
         model = model.to(dtype)
+    # TRL drops an episode whose context reaches max_position_embeddings (the tiny agent's is 4,096): raise it so
+    # both paths play every turn (RoPE positions are computed, nothing is sized by it).
+    model.config.max_position_embeddings = max(model.config.max_position_embeddings, 32768)
     tokenizer.chat_template = qwen2_5_chat_template
     if tokenizer.eos_token != "<|im_end|>":
         raise SystemExit(f"The tokenizer's EOS is {tokenizer.eos_token!r}; the Qwen2.5 template needs <|im_end|>.")
@@ -343,6 +346,8 @@ def run_trl(trainer: Any, episodes: int, probe: Probe) -> tuple[float, dict, lis
     finally:
         ToolCorridor.act = act  # type: ignore[method-assign]
         del trainer._generate
+    if probe.turn != len(probe.contexts) or probe.turn != trainer.args.max_tool_calling_iterations + 1:
+        raise RuntimeError(f"TRL's loop made {probe.turn} generate calls, not one per turn: unequal work.")
     prompt_ids, completion_ids, tool_mask = captured["out"][:3]
     tokens = [(list(p) + list(c), list(m)) for p, c, m in zip(prompt_ids, completion_ids, tool_mask)]
     extra = {"step_s": round(step_seconds, 3), "env_s": env_seconds[0]}
@@ -501,9 +506,9 @@ def measure(args: argparse.Namespace) -> dict:
     rows: list[dict] = []
     with EnvPool(ENV_ID) as pool:
         trainers = {turns: build_trl(model, tokenizer, args.episodes, turns, budget) for turns in args.turns}
-        # untimed warm-up of every path (allocator, kernels, template compilation)
-        warm = min(args.turns)
-        run_trl(trainers[warm], args.episodes, probe)
+        # untimed warm-up of every path (allocator, kernels, template compilation), two turns each
+        warm = 2
+        run_trl(build_trl(model, tokenizer, args.episodes, warm, budget), args.episodes, probe)
         for layout in ("episode", "step"):
             run_ours(layout, policy, pool, tokenizer, args.episodes, warm, budget, system)
         for index, turns in enumerate(args.turns):
@@ -658,6 +663,45 @@ def plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def plot_merged(files: list[Path], path: Path) -> None:
+    """One figure from several result files (e.g. horizons measured in separate runs), one line per model and path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict]] = {}
+    for file in files:
+        report = json.loads(file.read_text())
+        key = f"{report['model']} {report['dtype']}, {report['episodes']} ep"
+        series.setdefault(key, []).extend(report["summary"])
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, summary in series.items():
+        summary.sort(key=lambda s: s["turns"])
+        for name in PATHS:
+            points = [(s["turns"], s[name]["seconds_per_turn"]) for s in summary if name in s]
+            if points:
+                left.plot(*zip(*points), marker="o", label=f"{name} ({key})")
+        for speed, name in (("speedup_ours_kv_vs_trl", "ours_kv"), ("speedup_ours_step_vs_trl", "ours_step")):
+            points = [(s["turns"], s[speed]) for s in summary if speed in s]
+            if points:
+                right.plot(*zip(*points), marker="o", label=f"{name} ({key})")
+    left.set_xlabel("turns")
+    left.set_ylabel("seconds per turn")
+    left.set_yscale("log")
+    left.legend(fontsize=7)
+    left.set_title("Rollout cost per turn (CPU, one thread)")
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.set_xlabel("turns")
+    right.set_ylabel("TRL's rollout time / ours")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=7)
+    right.set_title("Speed-up over TRL's tool loop (identical work)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=MODELS, default="tiny")
@@ -671,7 +715,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--batching-ceiling", action="store_true", help="also time the model alone at batch 1 and 16 (decode/prefill)"
     )
     parser.add_argument("--out", default="benchmarks/results/peer/peer_tiny.json")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, help="only plot these result files to --out")
     args = parser.parse_args(argv)
+    if args.merge:
+        plot_merged(args.merge, Path(args.out))
+        return {}
     if min(args.turns) < 2:
         parser.error("--turns must be >= 2 (TRL's loop needs one tool call)")
     report = measure(args)
