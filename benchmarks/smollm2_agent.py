@@ -703,14 +703,17 @@ def stage_card(job: Job) -> dict[str, Any]:
         f"the same {warm['num_episodes']} test questions"
     )
     argv = ["--run_dir", _relative(run), "--repo_id", CARD_REPO_ID, "--eval_files", _relative(eval_file)]
-    argv += ["--start_description", start, "--output", str(CARD)]
+    argv += ["--start_description", start, "--output", _relative(CARD)]
     if plot is not None:
-        argv += ["--plot_files", _relative(plot)]
+        # The card names its plots plots/<file name>, beside the other example cards' plots: a distinct name.
+        named = job.work_dir / "smollm2-search-rl-curves.png"
+        shutil.copyfile(plot, named)
+        argv += ["--plot_files", _relative(named)]
     CARD.parent.mkdir(parents=True, exist_ok=True)
     card_main(argv)
     if plot is not None:
         (CARD.parent / "plots").mkdir(exist_ok=True)
-        shutil.copyfile(plot, CARD.parent / "plots" / plot.name)
+        shutil.copyfile(named, CARD.parent / "plots" / named.name)
     return {"card": _relative(CARD), "command": shlex.join(["trl-empg", "card", *argv])}
 
 
