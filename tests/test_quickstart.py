@@ -15,7 +15,7 @@ from trl_empg.workflows.quickstart import DEFAULT_RECIPE
 
 REPO = Path(__file__).resolve().parents[1]
 
-SUBCOMMANDS = ("build-tiny", "sft", "train", "eval", "push", "pull", "card", "quickstart")
+SUBCOMMANDS = ("build-tiny", "sft", "train", "eval", "push", "pull", "card", "quickstart", "convert-gguf")
 
 
 def test_every_subcommand_is_registered_and_has_help(capsys):

@@ -186,7 +186,7 @@ def test_checkpoints_are_the_operators_or_capped_hub_ids(client, tmp_path, monke
 def test_typed_checkpoints_are_refused_unless_the_operator_allows_hub_ids(operator):
     operator(allow_hub_ids=False)
     for name in ("someone/agent", "/etc", BUILTIN_TINY + "x"):
-        with pytest.raises(SpaceError, match=r"is not offered here; choose one of \['builtin:tiny-twx-coin'\]"):
+        with pytest.raises(SpaceError, match=r"is not offered here; choose one of \['bundled:twx-coin-empg'"):
             agents.check_checkpoint(name)
     operator(allow_hub_ids=False, checkpoints=("someone/agent",))
     assert agents.check_checkpoint(" someone/agent ") == "someone/agent"
