@@ -39,4 +39,3 @@ def test_trl_loop_and_ours_play_the_same_tokens(tmp_path):
     assert runs["trl"]["final_context_mean"] == runs["ours_kv"]["final_context_mean"]
     summary = report["summary"][0]
     assert summary["turns"] == 2 and summary["speedup_ours_kv_vs_trl"] > 0
-
