@@ -299,6 +299,7 @@ def build_trl(model: Any, tokenizer: Any, episodes: int, turns: int, budget: int
         bf16=False,
         fp16=False,
         logging_steps=1,
+        activation_checkpointing=True,  # TRL's default, under transformers 5's name (the old one warns)
     )
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": TASK}]] * episodes})
     with warnings.catch_warnings():
