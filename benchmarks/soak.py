@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -286,11 +287,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         keep = rows[-1]["injected_total"] if rows else 0
         records = (state_dir / INJECTED_LOG).read_text().splitlines(keepends=True) if state_dir.exists() else []
         (state_dir / INJECTED_LOG).write_text("".join(records[:keep]))
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        resume = None  # a run without results to continue: start over
-        import shutil
-
-        shutil.rmtree(run_dir)
+    else:
+        # Nothing to continue (no complete checkpoint yet, or no results): start over, the faults' records included,
+        # or a killed run's injected faults would be counted against the new run's first step.
+        resume = None
+        for stale in (run_dir, state_dir):
+            shutil.rmtree(stale, ignore_errors=True)
     rates = {kind: float(p) for kind, p in (rate.split("=") for rate in args.rates)}
     config = EMPGConfig(
         output_dir=str(run_dir),
