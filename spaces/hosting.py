@@ -27,9 +27,11 @@ from typing import Any
 
 from agent_settings import DemoSettings, SpaceError
 
-from trl_empg.envs import ENV_FAMILIES
+from trl_empg.envs import ENV_FAMILIES, known_env_ids
 
 ENV_PREFIX = "TRL_EMPG_SPACE_"
+#: The built-in families as a visitor writes them (``twx:<name>``, ``alfworld``): the registry's ids but user classes.
+BUILTIN_ENV_IDS = tuple(env_id for env_id in known_env_ids() if env_id.partition(":")[0] in ENV_FAMILIES)
 #: Longest env id, checkpoint id, option text or typed move a visitor may send (characters).
 MAX_TEXT_LENGTH = 2000
 
@@ -202,7 +204,7 @@ class HostPolicy:
         if family not in ENV_FAMILIES:
             raise SpaceError(
                 f"The environment {env_id!r} is not offered here. Built-in families: "
-                f"{', '.join(family_ids())}" + (f"; also: {', '.join(self.envs)}" if self.envs else "") + "."
+                f"{', '.join(BUILTIN_ENV_IDS)}" + (f"; also: {', '.join(self.envs)}" if self.envs else "") + "."
             )
         return env_id, check_options(options, VISITOR_OPTIONS.get(family, {}))
 
@@ -240,11 +242,6 @@ def parse_setting(name: str, default: Any, text: str) -> Any:
         return type(default)(text.strip())
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{name.upper()} must be {type(default).__name__}, got {text!r}.") from None
-
-
-def family_ids() -> list[str]:
-    """The built-in families as a visitor writes them (``twx:<game>``, ``alfworld``, ...)."""
-    return [f"{family}:<name>" if takes_name else family for family, (*_, takes_name) in ENV_FAMILIES.items()]
 
 
 # -- time and sessions ------------------------------------------------------------------------------------------------
