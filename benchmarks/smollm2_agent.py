@@ -342,8 +342,8 @@ def base_dir(job: Job) -> Path:
     return BASE_DIR
 
 
-def sft_dir(job: Job, bench: str) -> Path:
-    return job.work_dir / f"sft_{bench}"
+def sft_dir(job: Job, bench: str, more: bool = False) -> Path:
+    return job.work_dir / (f"sft_{bench}_more" if more else f"sft_{bench}")
 
 
 def rl_dir(job: Job, method: str, bench: str, seed: int) -> Path:
@@ -366,8 +366,11 @@ def _lora_sft(
     max_steps: int,
     batch: int,
     timing: list[float] | None = None,
+    start: Path | None = None,
+    skip_demos: int = 0,
 ) -> dict[str, Any]:
-    """LoRA warm start on the bf16 base: gold demonstrations, the project's SFT trainer, adapters merged on save."""
+    """LoRA warm start on the bf16 base (or on ``start``, a merged warm start): gold demonstrations of the train
+    tasks after the first ``skip_demos``, the project's SFT trainer, adapters merged on save."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -375,12 +378,18 @@ def _lora_sft(
     from trl_empg.workflows.sft import gold_conversations, sft_trainer
 
     _set_threads()
-    base = base_dir(job)
+    base = base_dir(job) if start is None else start
     tokenizer = AutoTokenizer.from_pretrained(base)
     started = time.perf_counter()
     dataset = gold_conversations(
-        bench.env_id, tokenizer, bench.env_kwargs, split="train", num_tasks=num_demos, rollout=bench.rollout()
+        bench.env_id,
+        tokenizer,
+        bench.env_kwargs,
+        split="train",
+        num_tasks=skip_demos + num_demos,
+        rollout=bench.rollout(),
     )
+    dataset = dataset.select(range(min(skip_demos, len(dataset)), len(dataset)))
     demo_seconds = time.perf_counter() - started
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
@@ -422,6 +431,7 @@ def _lora_sft(
             "demo_tokens_max": max(lengths),
             "labelled_tokens_mean": statistics.fmean(labelled),
             "gold_turns_mean": statistics.fmean(len(a) for a in dataset["actions"]),
+            "task_seeds": [min(dataset["task_seed"]), max(dataset["task_seed"])],
             "demo_build_seconds": demo_seconds,
             "train_seconds": train_seconds,
             "max_steps": max_steps,
@@ -504,7 +514,7 @@ def stage_costs(bench_name: str) -> Callable[[Job], dict[str, Any]]:
     return run
 
 
-def stage_eval(bench_name: str, which: str) -> Callable[[Job], dict[str, Any]]:
+def stage_eval(bench_name: str, which: str, more: bool = False) -> Callable[[Job], dict[str, Any]]:
     def run(job: Job) -> dict[str, Any]:
         bench = BENCHMARKS[bench_name]
         if which == "zeroshot":
@@ -512,22 +522,38 @@ def stage_eval(bench_name: str, which: str) -> Callable[[Job], dict[str, Any]]:
         # "warmgreedy": the same tasks decoded greedily. Sampling at T=1 over the whole vocabulary misspells the
         # generated world's made-up names now and then (warm_search.json: "Loudtherumbark" for "Loudethumark"), so
         # the greedy number separates what the agent knows from what sampling costs it.
-        return _evaluate(job, sft_dir(job, bench_name), bench, bench.eval_tasks, greedy=which == "warmgreedy")
+        model = sft_dir(job, bench_name, more=more)
+        return _evaluate(job, model, bench, bench.eval_tasks, greedy=which == "warmgreedy")
 
     return run
 
 
-def stage_sft(bench_name: str) -> Callable[[Job], dict[str, Any]]:
+#: Warm starts trained further: benchmark -> (new demonstrations, optimizer steps), the next train tasks after the
+#: first warm start's. search-style's first warm start (144 plans seen once) learned the reply format and the first
+#: query, but not when to answer (warmgreedy_search.json: it searched a second time in all 100 test episodes, also
+#: on the one-hop questions, whose answer the first search had already shown): twice the plans, at the same rate.
+MORE_DEMOS: dict[str, tuple[int, int]] = {"search": (144, 36)}
+
+
+def stage_sft(bench_name: str, more: bool = False) -> Callable[[Job], dict[str, Any]]:
+    """The warm start; with ``more``, the warm start trained further (fresh LoRA adapters, merged again) on the
+    next :data:`MORE_DEMOS` train tasks' gold plans, none of them seen by the first."""
+
     def run(job: Job) -> dict[str, Any]:
         import torch
 
         from trl_empg.hub.push import RUN_CONFIG_NAME
 
         bench = BENCHMARKS[bench_name]
-        output = sft_dir(job, bench_name)
+        output = sft_dir(job, bench_name, more=more)
         staging = output.with_name(output.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        sft = _lora_sft(job, bench, staging, bench.num_demos, bench.sft_steps, bench.sft_batch)
+        if more:
+            num_demos, steps = MORE_DEMOS[bench_name]
+            start, skip, start_name = sft_dir(job, bench_name), bench.num_demos, _relative(sft_dir(job, bench_name))
+        else:
+            num_demos, steps, start, skip, start_name = bench.num_demos, bench.sft_steps, None, 0, BASE_MODEL_ID
+        sft = _lora_sft(job, bench, staging, num_demos, steps, bench.sft_batch, start=start, skip_demos=skip)
         # A standalone bf16 checkpoint (adapters folded in): evaluation, RL and the Space load it like any model.
         merged = sft["model"].merge_and_unload()
         merged.save_pretrained(staging)
@@ -536,18 +562,24 @@ def stage_sft(bench_name: str) -> Callable[[Job], dict[str, Any]]:
             (staging / leftover).unlink(missing_ok=True)
         sft["trainer"].save_state()
         config = {
-            "script": {"stage": "sft", "noise": 0.0, "num_tasks": bench.num_demos, "lora_merged": True},
+            "script": {
+                "stage": "sft",
+                "noise": 0.0,
+                "num_tasks": num_demos,
+                "first_task": skip,
+                "lora_merged": True,
+            },
             "training": {
                 "env_id": bench.env_id,
                 "env_kwargs": bench.env_kwargs,
                 **asdict(bench.rollout()),
-                "max_steps": bench.sft_steps,
+                "max_steps": steps,
                 "learning_rate": SFT_LEARNING_RATE,
                 "per_device_train_batch_size": bench.sft_batch,
                 "seed": 0,
             },
             "model": {
-                "model_name_or_path": BASE_MODEL_ID,
+                "model_name_or_path": start_name,
                 "dtype": "bfloat16",
                 "lora_r": LORA["r"],
                 "lora_alpha": LORA["lora_alpha"],
@@ -567,7 +599,8 @@ def stage_sft(bench_name: str) -> Callable[[Job], dict[str, Any]]:
             "learning_rate": SFT_LEARNING_RATE,
             "dtype": str(torch.bfloat16),
             "threads": torch.get_num_threads(),
-            "seconds_per_step": facts["train_seconds"] / bench.sft_steps,
+            "seconds_per_step": facts["train_seconds"] / steps,
+            "start": start_name,
             **facts,
         }
 
@@ -742,6 +775,13 @@ def build_stages(work_dir: Path = WORK) -> list[Stage]:
             Stage(f"warm_{name}", stage_eval(name, "warm"), needs=(f"sft_{name}",)),
             Stage(f"warmgreedy_{name}", stage_eval(name, "warmgreedy"), needs=(f"sft_{name}",)),
         ]
+    for name in MORE_DEMOS:
+        more = job_dir / f"sft_{name}_more"
+        stages += [
+            Stage(f"sft_{name}_more", stage_sft(name, more=True), needs=(f"sft_{name}",), artifact=more),
+            Stage(f"warm_{name}_more", stage_eval(name, "warm", more=True), needs=(f"sft_{name}_more",)),
+            Stage(f"warmgreedy_{name}_more", stage_eval(name, "warmgreedy", more=True), needs=(f"sft_{name}_more",)),
+        ]
     for seed in RL.seeds:
         for method in RL.methods:
             run_name = f"rl_{method}_{RL.benchmark}_s{seed}"
@@ -773,8 +813,9 @@ def build_stages(work_dir: Path = WORK) -> list[Stage]:
 def summary_rows(job: Job) -> list[dict[str, Any]]:
     rows = []
     for name in BENCHMARKS:
-        for which in ("zeroshot", "warm", "warmgreedy"):
-            result = job.result(f"{which}_{name}")
+        for which in ("zeroshot", "warm", "warmgreedy", "warm_more", "warmgreedy_more"):
+            stage = f"{which.removesuffix('_more')}_{name}" + ("_more" if which.endswith("_more") else "")
+            result = job.result(stage)
             if result is not None:
                 rows.append(
                     {
@@ -887,12 +928,19 @@ def summary_markdown(job: Job) -> str:
         "| warm start: demos x steps x batch, minutes | eval minutes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in BENCHMARKS:
-        reports = [job.result(f"{which}_{name}") for which in ("zeroshot", "warm", "warmgreedy")]
-        sft = job.result(f"sft_{name}")
+    rows = [(name, "") for name in BENCHMARKS] + [(name, "_more") for name in MORE_DEMOS]
+    for name, more in rows:
+        reports = [
+            None if more and which == "zeroshot" else job.result(f"{which}_{name}{more}")
+            for which in ("zeroshot", "warm", "warmgreedy")
+        ]
+        sft = job.result(f"sft_{name}{more}")
         if all(report is None for report in reports):
             continue
-        cells = [name]
+        # A continued warm start's demonstrations count the first warm start's too: it has seen both.
+        first = job.result(f"sft_{name}") if more else None
+        seen = "" if first is None or sft is None else f"{first['num_demos']} + "
+        cells = [f"{name} (trained further)" if more else name]
         for report in reports:
             cells += (
                 ["-", "-"]
@@ -902,7 +950,7 @@ def summary_markdown(job: Job) -> str:
         cells.append(
             "-"
             if sft is None
-            else f"{sft['num_demos']} x {sft['max_steps']} x {sft['batch']}, {sft['stage_seconds'] / 60:.1f}"
+            else f"{seen}{sft['num_demos']} x {sft['max_steps']} x {sft['batch']}, {sft['stage_seconds'] / 60:.1f}"
         )
         cells.append(" / ".join(f"{r['elapsed_s'] / 60:.1f}" for r in reports if r is not None))
         lines.append("| " + " | ".join(cells) + " |")
