@@ -10,6 +10,8 @@ the script build it the quickstart's way (``build-tiny`` then ``sft`` on the gam
 ``OUTPUT_DIR/warm_starts/GAME``. The warm start is evaluated once per game (step 0 of every curve). Finished runs
 are kept as ``GAME-METHOD-seedN.json`` and skipped when the script is run again, so a sweep can be split over
 several invocations (``--aggregate-only`` then rebuilds the summary and plots from every run file present).
+A game is TextWorldExpress's ``twx:GAME`` unless ``--env-id GAME=ID`` names another registry env id. The functions
+here (warm start, training, checkpoint evaluation) are also the building blocks of ``benchmarks/study.py``.
 
     python benchmarks/learning.py --games coin mapreader --methods grpo empg dapo dapo_empg --seeds 0 1 2 \
         --warm-start coin=runs/quickstart/sft --env-kwargs coin='{"game_params": {"includeDoors": 0}}'
@@ -26,6 +28,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,20 +66,38 @@ def rollout_arguments(args: argparse.Namespace) -> Any:
     )
 
 
-def evaluate(path: str, game: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Test-split success of one checkpoint on the first ``--eval-tasks`` seeds (sampled, evaluation seed 0)."""
+def env_id(game: str, args: argparse.Namespace) -> str:
+    """The game's env id: ``--env-id GAME=ID`` when given, else TextWorldExpress's ``twx:GAME``."""
+    return args.env_id.get(game) or f"twx:{game}"
+
+
+def checkpoint_steps(args: argparse.Namespace) -> list[int]:
+    """The training steps whose checkpoints are evaluated (every ``--eval-every`` steps; step 0 is the warm start)."""
+    return list(range(args.eval_every, args.steps + 1, args.eval_every))
+
+
+def evaluation_report(path: str, game: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The full ``evaluate_agent`` report (per-episode records included) of one checkpoint on the test split: the
+    first ``--eval-tasks`` seeds, ``--eval-episodes-per-task`` sampled episodes each, evaluation seed
+    ``--eval-seed``. Every checkpoint of every method therefore plays the same episodes, in the same order."""
     from trl_empg.workflows.evaluation import evaluate_agent
 
-    report = evaluate_agent(
+    return evaluate_agent(
         path,
-        f"twx:{game}",
+        env_id(game, args),
         args.env_kwargs.get(game),
         rollout_arguments(args),
         split="test",
         num_tasks=args.eval_tasks,
-        seed=0,
+        episodes_per_task=args.eval_episodes_per_task,
+        seed=args.eval_seed,
         batch_size=32,
     )
+
+
+def evaluate(path: str, game: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Test-split success of one checkpoint (:func:`evaluation_report`, summarised)."""
+    report = evaluation_report(path, game, args)
     return {
         "success_rate": report["success_rate"],
         "ci": report["success_ci"],
@@ -85,46 +106,62 @@ def evaluate(path: str, game: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def warm_start(game: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The game's warm-start agent (given, or built and fine-tuned on noisy gold plans) and its evaluation."""
+def build_warm_start(game: str, out: Path, args: argparse.Namespace) -> str:
+    """Build the quickstart's kind of warm start into ``out``: ``build-tiny`` (``out/tiny``), then ``sft`` on the
+    game's gold plans with ``--sft-noise`` label noise for ``--sft-steps`` steps (``out/sft``, returned)."""
     from trl_empg.workflows.sft import run_sft
     from trl_empg.workflows.tiny import build_tiny_agent
 
+    tiny = build_tiny_agent(env_id(game, args), out / "tiny", env_kwargs=args.env_kwargs.get(game), seed=0)
+    return str(
+        run_sft(
+            str(tiny),
+            out / "sft",
+            env_id(game, args),
+            args.env_kwargs.get(game),
+            rollout_arguments(args),
+            noise=args.sft_noise,
+            max_steps=args.sft_steps,
+            seed=0,
+        )
+    )
+
+
+def warm_start(game: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The game's warm-start agent (given, or built and fine-tuned on noisy gold plans) and its evaluation."""
     out = args.output_dir / "warm_starts" / game
     record_path = out / "warm_start.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
     path = args.warm_start.get(game)
     if path is None:
-        tiny = build_tiny_agent(f"twx:{game}", out / "tiny", env_kwargs=args.env_kwargs.get(game), seed=0)
-        path = str(
-            run_sft(
-                str(tiny),
-                out / "sft",
-                f"twx:{game}",
-                args.env_kwargs.get(game),
-                rollout_arguments(args),
-                noise=args.sft_noise,
-                max_steps=args.sft_steps,
-                seed=0,
-            )
-        )
+        path = build_warm_start(game, out, args)
     record = {"game": game, "path": str(path), "evaluation": {"step": 0, **evaluate(str(path), game, args)}}
     out.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def train_one(game: str, method: str, seed: int, start: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def train_one(
+    game: str,
+    method: str,
+    seed: int,
+    start: dict[str, Any],
+    args: argparse.Namespace,
+    evaluator: Callable[[str, str, argparse.Namespace], dict[str, Any]] = evaluate,
+) -> dict[str, Any]:
+    """Train one game x method x seed from ``start["path"]``, evaluate every checkpoint with ``evaluator(path, game,
+    args)`` (``start["evaluation"]`` is step 0) and return the run record. Checkpoints go to
+    ``--runs-dir/GAME-METHOD-seedN`` (default ``OUTPUT_DIR/runs``)."""
     from trl_empg import EMPGConfig, EMPGTrainer
 
-    run_dir = args.output_dir / "runs" / f"{game}-{method}-seed{seed}"
+    run_dir = (args.runs_dir or args.output_dir / "runs") / f"{game}-{method}-seed{seed}"
     config = EMPGConfig(
         output_dir=str(run_dir),
         use_cpu=args.device == "cpu",
         bf16=args.device != "cpu",
         report_to="none",
-        env_id=f"twx:{game}",
+        env_id=env_id(game, args),
         env_kwargs=args.env_kwargs.get(game) or {},
         env_num_tasks=args.train_tasks,
         max_turns=args.max_turns,
@@ -153,8 +190,7 @@ def train_one(game: str, method: str, seed: int, start: dict[str, Any], args: ar
     trainer.train()
     train_seconds = time.perf_counter() - clock
     evaluations = [start["evaluation"]] + [
-        {"step": step, **evaluate(str(run_dir / f"checkpoint-{step}"), game, args)}
-        for step in range(args.eval_every, args.steps + 1, args.eval_every)
+        {"step": step, **evaluator(str(run_dir / f"checkpoint-{step}"), game, args)} for step in checkpoint_steps(args)
     ]
     curves = {key: [(e["step"], e[key]) for e in trainer.state.log_history if key in e] for key in CURVES}
     return {
@@ -241,7 +277,8 @@ def _per_game(values: list[str], flag: str) -> dict[str, str]:
     return per_game
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also the source of every default setting ``benchmarks/study.py`` starts from)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--warm-start",
@@ -257,6 +294,13 @@ def main() -> None:
         metavar="GAME=JSON",
         help='a game\'s environment keyword arguments, e.g. coin=\'{"game_params": {"includeDoors": 0}}\'',
     )
+    parser.add_argument(
+        "--env-id",
+        nargs="*",
+        default=[],
+        metavar="GAME=ID",
+        help="a game's registry env id (e.g. search=search); default twx:GAME",
+    )
     parser.add_argument("--sft-steps", type=int, default=200, help="warm-start steps of a built warm start")
     parser.add_argument("--sft-noise", type=float, default=0.25, help="label noise of a built warm start")
     parser.add_argument("--games", nargs="+", default=["coin", "mapreader"])
@@ -265,6 +309,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-tasks", type=int, default=200)
+    parser.add_argument("--eval-episodes-per-task", type=int, default=1, help="sampled episodes per test seed")
+    parser.add_argument("--eval-seed", type=int, default=0, help="torch seed of every evaluation")
     parser.add_argument("--train-tasks", type=int, default=1000)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32, help="episodes per step (a multiple of generations)")
@@ -280,20 +326,33 @@ def main() -> None:
     parser.add_argument("--prompt-style", default="plain")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--output-dir", type=Path, default=Path("benchmarks/results/learning"))
+    parser.add_argument("--runs-dir", type=Path, default=None, help="checkpoints (default OUTPUT_DIR/runs)")
     parser.add_argument(
         "--aggregate-only", action="store_true", help="train nothing: summarise and plot the run files present"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line; the per-game flags become dicts keyed by game."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.steps % args.eval_every:
         parser.error("--steps must be a multiple of --eval-every")
     try:
         args.warm_start = _per_game(args.warm_start, "--warm-start")
+        args.env_id = _per_game(args.env_id, "--env-id")
         args.env_kwargs = {
             game: parse_env_kwargs(text, f"--env-kwargs {game}")
             for game, text in _per_game(args.env_kwargs, "--env-kwargs").items()
         }
     except (argparse.ArgumentTypeError, ValueError) as error:
         parser.error(str(error))
+    return args
+
+
+def main() -> None:
+    args = parse_arguments()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if not args.aggregate_only:
         for game in args.games:
@@ -308,7 +367,7 @@ def main() -> None:
                     print(json.dumps({k: run[k] for k in ("game", "method", "seed", "evaluations")}), flush=True)
     runs = [json.loads(p.read_text()) for p in sorted(args.output_dir.glob("*-seed*.json"))]
     if not runs:
-        parser.error(f"no run files in {args.output_dir}")
+        raise SystemExit(f"learning.py: error: no run files in {args.output_dir}")
     summary = aggregate(runs)
     plots = [str(p) for p in plot(summary, runs, args.output_dir)]
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "aggregate_only"}
