@@ -428,29 +428,24 @@ def run_one(
 
 # ------------------------------------------------------------------------------------------------------ manifest
 def continue_command(argv: list[str]) -> str:
-    """The command that continues this study (this invocation's arguments, less the one-off flags)."""
-    kept, skip = [], False
+    """The command that continues the whole study: this invocation's settings (methods, seeds, steps, ...), less the
+    one-off flags (``--status``, ``--analyse``, ``--max-runs``, ``--stop-after-hours``) and the benchmark selection."""
+    one_off = ("--status", "--analyse", "--max-runs", "--stop-after-hours", "--benchmarks")
+    kept, skipping = [], False
     for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in ("--status", "--analyse"):
-            continue
-        if arg in ("--max-runs", "--stop-after-hours"):
-            skip = True
-            continue
-        if arg.startswith(("--max-runs=", "--stop-after-hours=")):
-            continue
-        kept.append(arg)
+        if arg.startswith("--"):
+            skipping = arg.split("=")[0] in one_off
+        if not skipping:
+            kept.append(arg)
     return "nice -n 15 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study.py " + shlex.join(kept)
 
 
 def manifest(options: argparse.Namespace, warm: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """What is done, left, running or waiting, per benchmark, with measured costs."""
+    """What is done, left, running or waiting, for every benchmark of the table (whichever this invocation ran),
+    with measured costs."""
     out: dict[str, Any] = {
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "plan": {
-            "benchmarks": options.benchmarks,
             "methods": options.methods,
             "seeds": options.seeds,
             "steps": options.steps,
@@ -460,7 +455,7 @@ def manifest(options: argparse.Namespace, warm: dict[str, dict[str, Any]]) -> di
         "benchmarks": {},
     }
     total_left = 0
-    for name in options.benchmarks:
+    for name in BENCHMARKS:
         state = warm[name]
         entry: dict[str, Any] = {"status": state["status"], "warm_start": BENCHMARKS[name]["warm_start"]}
         runs: dict[str, list[str]] = {"done": [], "left": [], "running": [], "stale": [], "broken": []}
@@ -537,11 +532,12 @@ def run_study(options: argparse.Namespace) -> dict[str, Any]:
     together (so a partial study stays paired); update the manifest after every run."""
     started = time.monotonic()
     trained = 0
+    selected = set(options.benchmarks)
     warm = {
         name: prepare_warm_start(
-            name, BENCHMARKS[name], learning_args(name, BENCHMARKS[name], options), build=not options.status
+            name, bench, learning_args(name, bench, options), build=name in selected and not options.status
         )
-        for name in options.benchmarks
+        for name, bench in BENCHMARKS.items()
     }
     write_manifest(options, warm)
     if options.status:

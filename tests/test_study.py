@@ -222,6 +222,7 @@ def test_runner_trains_each_run_once_and_skips_finished_ones(fake_study):
     assert len(waiting["left"]) == 4
     manifest = json.loads((tmp_path / "results" / "manifest.json").read_text())
     assert "benchmarks/study.py --methods grpo empg" in manifest["continue"]
+    assert "--benchmarks" not in manifest["continue"] and "--n-boot 200" in manifest["continue"]
     assert "waiting for warm start" in (tmp_path / "results" / "manifest.md").read_text()
 
     calls["train"].clear()
