@@ -241,7 +241,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())}
 
 
-#: The settings a warm start's evaluation (step 0) depends on; a run depends on every setting.
+#: The learning.py settings a warm start's evaluation (step 0) depends on.
 EVAL_KEYS = (
     "env_id",
     "env_kwargs",
@@ -255,14 +255,26 @@ EVAL_KEYS = (
     "eval_seed",
     "device",
 )
+#: ... and those a run depends on (named, so that a new learning.py option or default of its sweep flags, such as
+#: ``--games``, leaves finished runs valid).
+RUN_KEYS = (
+    *EVAL_KEYS,
+    "train_tasks",
+    "num_generations",
+    "batch_size",
+    "steps",
+    "eval_every",
+    "learning_rate",
+    "warmup_steps",
+    "beta",
+)
 
 
 def fingerprint(args: argparse.Namespace, method: str | None, warm_digest: str) -> str:
-    """What a result depends on: the warm start and, for a run (``method``), every learning.py setting but where
-    files go and the method's overrides; for the warm start's evaluation (``method=None``) the :data:`EVAL_KEYS`."""
-    settings = {k: v for k, v in settings_of(args).items() if k not in ("output_dir", "runs_dir", "aggregate_only")}
-    if method is None:
-        settings = {k: settings[k] for k in EVAL_KEYS}
+    """What a result depends on: the warm start, the :data:`RUN_KEYS` settings and the method's overrides for a run
+    (``method``), the :data:`EVAL_KEYS` for the warm start's evaluation (``method=None``)."""
+    settings = settings_of(args)
+    settings = {k: settings[k] for k in (EVAL_KEYS if method is None else RUN_KEYS)}
     return _digest({"settings": settings, "method": method and learning.METHODS[method], "warm": warm_digest})
 
 
