@@ -404,7 +404,7 @@ def run_one(
     """Train and evaluate one run from scratch (a killed run's checkpoints are removed first); return its record."""
     run_dir = args.runs_dir / f"{name}-{method}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     result = learning.train_one(
         name,
         method,
@@ -432,6 +432,8 @@ def run_one(
         "train_seconds": result.get("train_seconds"),
         "eval_seconds": round(sum(e.get("eval_seconds") or 0 for e in evaluations[1:]), 1),
         "wall_seconds": round(time.perf_counter() - clock, 1),
+        # This process's CPU time (all its threads; not the env's JVM, a child process), for sizing the study.
+        "cpu_seconds": round(time.process_time() - cpu, 1),
         "checkpoints": checkpoints,
         "curves": result.get("curves", {}),
         "settings": settings_of(args),
@@ -449,7 +451,7 @@ def continue_command(argv: list[str]) -> str:
             skipping = arg.split("=")[0] in one_off
         if not skipping:
             kept.append(arg)
-    return "nice -n 15 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study.py " + shlex.join(kept)
+    return ("nice -n 15 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study.py " + shlex.join(kept)).strip()
 
 
 def manifest(options: argparse.Namespace, warm: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -484,7 +486,9 @@ def manifest(options: argparse.Namespace, warm: dict[str, dict[str, Any]]) -> di
                 if verdict == "done":
                     runs["done"].append(label)
                     run = read_json(path) or {}
-                    seconds.append((run.get("train_seconds") or 0, run.get("eval_seconds") or 0))
+                    seconds.append(
+                        (run.get("train_seconds") or 0, run.get("eval_seconds") or 0, run.get("cpu_seconds"))
+                    )
                     continue
                 if lock_owner(options.runs_dir / name / f"{label}.lock") is not None:
                     runs["running"].append(label)
@@ -495,11 +499,15 @@ def manifest(options: argparse.Namespace, warm: dict[str, dict[str, Any]]) -> di
         if seconds:
             train = sum(s[0] for s in seconds) / len(seconds)
             evals = sum(s[1] for s in seconds) / len(seconds)
+            cpus = [s[2] for s in seconds if s[2] is not None]
             entry["measured"] = {
                 "train_seconds_per_run": round(train, 1),
                 "eval_seconds_per_run": round(evals, 1),
-                "cpu_hours_left": round(len(runs["left"]) * (train + evals) / 3600, 2),
+                "wall_hours_left": round(len(runs["left"]) * (train + evals) / 3600, 2),
             }
+            if cpus:
+                entry["measured"]["cpu_seconds_per_run"] = round(sum(cpus) / len(cpus), 1)
+                entry["measured"]["cpu_hours_left"] = round(len(runs["left"]) * sum(cpus) / len(cpus) / 3600, 2)
         if state["status"] == "ready":
             entry["status"] = "complete" if not runs["left"] else "in progress" if runs["done"] else "ready"
         total_left += len(runs["left"])
@@ -524,8 +532,9 @@ def write_manifest(options: argparse.Namespace, warm: dict[str, dict[str, Any]])
     for name, entry in data["benchmarks"].items():
         cost = entry.get("measured")
         cost_text = (
-            f"train {cost['train_seconds_per_run']} s + eval {cost['eval_seconds_per_run']} s; "
-            f"{cost['cpu_hours_left']} CPU-h left"
+            f"wall: train {cost['train_seconds_per_run']} s + eval {cost['eval_seconds_per_run']} s; "
+            f"{cost['wall_hours_left']} h left"
+            + (f" ({cost['cpu_hours_left']} CPU-h)" if "cpu_hours_left" in cost else "")
             if cost
             else "-"
         )

@@ -342,7 +342,8 @@ def plot_benchmark(bench: str, analysis: dict[str, Any], path: Path) -> Path:
                 ci = [p["wilson_ci"] for p in curve["pooled_success"]]
                 axis.plot(curve["steps"], [c[0] for c in ci], ":", color=line.get_color(), linewidth=0.8)
                 axis.plot(curve["steps"], [c[1] for c in ci], ":", color=line.get_color(), linewidth=0.8)
-        axis.set_title(f"{bench}: {title}\n(mean over seeds, band min-max)", fontsize=9)
+        note = "; dotted: pooled Wilson 95% CI" if key == "success_rate" else ""
+        axis.set_title(f"{bench}: {title}\n(mean over seeds, band min-max{note})", fontsize=9)
         axis.set_xlabel("training step")
         axis.legend(fontsize=7)
     figure.tight_layout()
