@@ -24,7 +24,7 @@ official train/dev/test seed lists of 1000 seeds each. Behaviours of TWX 1.1 thi
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from textworld_express import TextWorldExpressEnv as _TWXClient
@@ -100,6 +100,9 @@ class TextWorldExpressEnv(TextEnv):
         gold_plan_draws: 1 reports TWX's gold plan as drawn on each reset (only coin's varies: a random walk). N > 1
             draws N plans on a task's first reset (~2 ms each) and reports the shortest, cached, on every reset of
             that task. On doorless coin's first 20 train seeds the shortest plan came up in 1 to 16 of 16 draws.
+        hide_actions: action prefixes (e.g. ``["examine ", "look around", "inventory"]``) left out of
+            ``admissible_actions``; they still play and are not flagged invalid. Long games list many actions no plan
+            needs (cookingworld: 12 of 23 are ``examine``), and every listed action costs prompt tokens each turn.
     """
 
     task_description = (
@@ -114,7 +117,11 @@ class TextWorldExpressEnv(TextEnv):
         max_steps: int = 50,
         env_step_limit: int | None = None,
         gold_plan_draws: int = 1,
+        hide_actions: Sequence[str] = (),
     ) -> None:
+        if isinstance(hide_actions, str) or not all(isinstance(p, str) and p.strip() for p in hide_actions):
+            raise ValueError(f"hide_actions must be a list of non-empty action prefixes, got {hide_actions!r}.")
+        self.hide_actions = tuple(hide_actions)
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}.")
         if gold_plan_draws < 1:
@@ -229,6 +236,7 @@ class TextWorldExpressEnv(TextEnv):
         return self._client
 
     def _set_admissible(self, actions: list[str]) -> None:
-        # TWX lists valid actions in no documented order; sort so that prompts are reproducible.
-        self._admissible = sorted(actions)
-        self._admissible_set = frozenset(self._admissible)
+        # TWX lists valid actions in no documented order; sort so that prompts are reproducible. Hidden actions stay
+        # valid (not flagged invalid when typed) but are not listed.
+        self._admissible = sorted(a for a in actions if not a.startswith(self.hide_actions))
+        self._admissible_set = frozenset(actions)

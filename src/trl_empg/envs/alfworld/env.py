@@ -19,11 +19,12 @@ import contextlib
 import copy
 import functools
 import os
+import re
 import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,12 +32,13 @@ import alfworld.info
 import fast_downward
 import textworld
 from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
+from alfworld.gen.constants import VAL_RECEPTACLE_OBJECTS
 from textworld.envs.pddl import PddlEnv, textgen
 from textworld.logic import Rule
 
 from ..base import EnvDataError, EnvError, Info, TextEnv, check_split, make_info, read_json_file
 
-__all__ = ["ALFWorldEnv", "ALFWorldEngine", "TASK_TYPES"]
+__all__ = ["ALFWorldEnv", "ALFWorldEngine", "TASK_TYPES", "search_plan"]
 
 #: ALFWorld's six task types (its ``TASK_TYPES`` ids 1-6, in that order).
 TASK_TYPES = (
@@ -55,6 +57,9 @@ SEED_OFFSETS = {"train": 0, "dev": 100_000, "test": 200_000}
 GENERATED_TASKS = {"train": 1000, "dev": 140, "test": 134}
 #: Bump when :mod:`trl_empg.envs.alfworld.gen` writes different games for the same (split, seed, task type).
 CACHE_VERSION = 1
+#: Where ``gold_actions`` comes from: the game's full-knowledge walkthrough, or an expert that searches (see
+#: :func:`search_plan`).
+GOLD_PLANS = ("expert", "search")
 #: The engine's reply to a command it cannot execute.
 INVALID_ACTION_FEEDBACK = "Nothing happens."
 
@@ -159,6 +164,106 @@ class ALFWorldEngine:
             self._env.unwrapped.downward_lib.cleanup()
             self._env = None
             self._loaded = None
+
+
+_FACT = re.compile(r"\((inReceptacle|openable|objectType|receptacleType) ([^\s()]+)(?: ([^\s()]+))?\)")
+
+
+def search_plan(problem: str, names: Mapping[str, str], expert: Sequence[str], admissible: Sequence[str]) -> list[str]:
+    """An expert that cannot see inside receptacles it has not visited: the full-knowledge ``expert`` plan with each
+    walk to a goal object replaced by a search.
+
+    The search visits the receptacles that can hold the goal object (ALFRED's receptacle-object table, less the
+    goal's receptacle type and the task's appliance, where the object never starts), open surfaces before closed
+    receptacles, each group in the order of the first observation's admissible ``go to`` commands; it opens each
+    closed one it reaches and takes the first object of the goal's type it sees; for a second object it first
+    returns to a receptacle where it saw one, else searches on. What follows each take (the appliance, the lamp, the
+    goal receptacle) is the expert's, without repeating a ``go to`` to where the agent stands or an ``open`` of what
+    is open. ``names`` maps PDDL names (lower case) to the names the player sees (:meth:`ALFWorldEngine.entity_names`).
+    """
+    seen_as = {pddl.lower(): name for pddl, name in names.items()}
+    contents: dict[str, list[str]] = {}
+    openable: set[str] = set()
+    kind: dict[str, str] = {}
+    for fact, first, second in _FACT.findall(problem):  # the goal's facts have variables (?r): not in ``names``
+        first_name, second_name = seen_as.get(first.lower()), seen_as.get(second.lower())
+        if first_name is None:
+            continue
+        if fact == "inReceptacle" and second_name is not None:
+            contents.setdefault(second_name, []).append(first_name)
+        elif fact == "openable":
+            openable.add(first_name)
+        elif fact != "inReceptacle":
+            kind[first_name] = second.lower()
+    order = [command[len("go to ") :] for command in admissible if command.startswith("go to ")]
+    takes = [i for i, command in enumerate(expert) if command.startswith("take ")]
+    if not takes or not order:
+        return list(expert)
+    # Where an object of each type may start (ALFRED's receptacle-object table), and the receptacle types the goal
+    # object never starts in: the goal's own and the task's appliance (see gen.Goal.forbidden_start).
+    can_hold = {
+        f"{r}type".lower(): {f"{o}type".lower() for o in objects} for r, objects in VAL_RECEPTACLE_OBJECTS.items()
+    }
+    forbidden = {kind.get(c.split(" to ")[-1]) for c in expert if c.startswith("move ")}
+    forbidden |= {kind.get(c.split(" with ")[-1]) for c in expert if c.startswith(("heat ", "cool ", "clean "))}
+    plan: list[str] = []
+    here: list[str | None] = [None]
+    opened: set[str] = set()
+    visited: set[str] = set()
+
+    def arrive(receptacle: str) -> None:
+        if here[0] != receptacle:
+            plan.append(f"go to {receptacle}")
+            here[0] = receptacle
+        if receptacle in openable and receptacle not in opened:
+            plan.append(f"open {receptacle}")
+            opened.add(receptacle)
+        visited.add(receptacle)
+
+    for number, index in enumerate(takes):
+        wanted = expert[index].split(" from ")[0][len("take ") :]
+        wanted_kind = kind[wanted]
+
+        def holds(receptacle: str, wanted_kind: str = wanted_kind) -> str | None:
+            return next((o for o in contents.get(receptacle, []) if kind.get(o) == wanted_kind), None)
+
+        known = [r for r in order if r in visited and holds(r)]
+        hosts = [r for r in order if r not in visited and wanted_kind in can_hold.get(kind.get(r, ""), ())]
+        hosts = [r for r in hosts if kind[r] not in forbidden]
+        hosts = [r for r in hosts if r not in openable] + [r for r in hosts if r in openable]
+        rest = [r for r in order if r not in visited and r not in hosts]
+        for receptacle in known[:1] or hosts + rest:
+            arrive(receptacle)
+            found = holds(receptacle)
+            if found:
+                break
+        else:
+            raise ValueError("the goal object was not found")
+        contents[receptacle].remove(found)
+        plan.append(f"take {found} from {receptacle}")
+        end = takes[number + 1] if number + 1 < len(takes) else len(expert)
+        expert_at = expert[index].split(" from ")[-1]  # where the expert stands: replay its steps from there
+        for command in expert[index + 1 : end]:
+            if command.startswith("take "):
+                break
+            if command.startswith("go to "):
+                if number + 1 < len(takes) and plan[-1].startswith(("move ", "use ")):
+                    break  # the walk to the next object: replaced by its search
+                expert_at = command[len("go to ") :]
+                if here[0] != expert_at:
+                    plan.append(command)
+                    here[0] = expert_at
+                continue
+            if here[0] != expert_at:
+                plan.append(f"go to {expert_at}")
+                here[0] = expert_at
+            if command.startswith("open "):
+                if command[len("open ") :] not in opened:
+                    plan.append(command)
+                    opened.add(command[len("open ") :])
+                continue
+            plan.append(command.replace(f" {wanted} ", f" {found} "))
+    return plan
 
 
 def _official_root(data_dir: Path) -> Path:
@@ -278,7 +383,23 @@ class ALFWorldEnv(TextEnv):
         max_steps: int = 50,
         cache_dir: str | os.PathLike[str] | None = None,
         generation_timeout: float = 60.0,
+        gold_plan: Literal["expert", "search"] = "expert",
+        generated_tasks: Mapping[str, int] | None = None,
+        hide_actions: Sequence[str] = (),
     ) -> None:
+        if isinstance(hide_actions, str) or not all(isinstance(p, str) and p.strip() for p in hide_actions):
+            raise ValueError(f"hide_actions must be a list of non-empty action prefixes, got {hide_actions!r}.")
+        self.hide_actions = tuple(hide_actions)
+        if gold_plan not in GOLD_PLANS:
+            raise ValueError(f"gold_plan must be one of {list(GOLD_PLANS)}, got {gold_plan!r}.")
+        counts = dict(GENERATED_TASKS)
+        for split, count in (generated_tasks or {}).items():
+            check_split(split)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"generated_tasks[{split!r}] must be an integer >= 1, got {count!r}.")
+            counts[split] = count
+        self.gold_plan = gold_plan
+        self.generated_tasks = counts
         if task_type is not None and task_type not in TASK_TYPES:
             raise ValueError(f"Unknown ALFWorld task type {task_type!r}; expected one of {list(TASK_TYPES)}.")
         if mode not in ("auto", "official", "generated"):
@@ -304,6 +425,7 @@ class ALFWorldEnv(TextEnv):
         self.cache_dir = root / f"v{CACHE_VERSION}-alfworld{alfworld.info.__version__}"
         self._official: dict[str, list[Path]] = {}
         self._facts: dict[str, tuple[str, list[str]]] = {}
+        self._search_plans: dict[str, list[str]] = {}
         self._engine: ALFWorldEngine | None = None
         self._admissible: list[str] = []
         self._steps = 0
@@ -320,7 +442,7 @@ class ALFWorldEnv(TextEnv):
 
     def task_seeds(self, split: str = "train") -> list[int]:
         check_split(split)
-        count = len(self._official_split(split)) if self.mode == "official" else GENERATED_TASKS[split]
+        count = len(self._official_split(split)) if self.mode == "official" else self.generated_tasks[split]
         return list(range(SEED_OFFSETS[split], SEED_OFFSETS[split] + count))
 
     def _generated_dir(self, split: str) -> Path:
@@ -394,11 +516,13 @@ class ALFWorldEnv(TextEnv):
         except Exception as error:
             raise EnvDataError(_engine_error(game_file, read_game(game_file), error)) from error
         self._admissible = list(state["admissible_commands"])
+        if self.gold_plan == "search" and gold_actions:
+            gold_actions = self._search_plan(game_file, gold_actions)
         self._steps = 0
         self._done = False
         observation = state["feedback"].replace(_BANNER, "", 1).strip()
         info = make_info(
-            admissible_actions=self._admissible,
+            admissible_actions=self._shown(),
             gold_actions=gold_actions,
             won=False,
             score=0.0,
@@ -406,6 +530,27 @@ class ALFWorldEnv(TextEnv):
             game_file=str(game_file),
         )
         return observation, info
+
+    def _shown(self) -> list[str]:
+        """The admissible commands without the hidden ones (which still play and are not flagged invalid)."""
+        return (
+            [a for a in self._admissible if not a.startswith(self.hide_actions)]
+            if self.hide_actions
+            else list(self._admissible)
+        )
+
+    def _search_plan(self, game_file: Path, expert: list[str]) -> list[str]:
+        """The ``gold_plan="search"`` expert of a game (cached per game file); the full-knowledge plan if it cannot
+        be written."""
+        key = str(game_file)
+        if key not in self._search_plans:
+            names = self._engine.entity_names() if self._engine is not None else {}
+            try:
+                plan = search_plan(read_game(game_file)["pddl_problem"], names, expert, self._admissible)
+            except (KeyError, ValueError, StopIteration):
+                plan = list(expert)
+            self._search_plans[key] = plan
+        return list(self._search_plans[key])
 
     def step(self, action: str) -> tuple[str, float, bool, Info]:
         if self._engine is None:
@@ -424,7 +569,7 @@ class ALFWorldEnv(TextEnv):
         won = bool(state["won"])
         self._done = won or self._steps >= self.max_steps
         self._admissible = list(state["admissible_commands"])
-        info = make_info(admissible_actions=self._admissible, won=won, score=float(won), invalid_action=invalid)
+        info = make_info(admissible_actions=self._shown(), won=won, score=float(won), invalid_action=invalid)
         return state["feedback"].strip(), float(won), self._done, info
 
     def close(self) -> None:
