@@ -25,6 +25,10 @@ from ..rollout.settings import EnvArguments
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
 
+#: Training pre-tokens of ``build_tokenizer(word_pieces=True)``: runs of letters, and any other character alone (Qwen's
+#: split regex keeps digits single too, so merges of digits could never apply).
+WORD_PIECE_REGEX = r"\p{L}+|[^\p{L}]"
+
 _TEMPLATE_SAMPLE = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "hello"},
@@ -50,18 +54,33 @@ def build_tokenizer(
     vocab_size: int = 1024,
     model_max_length: int = 4096,
     whole_phrases: Iterable[str] = (),
+    word_pieces: bool = False,
 ) -> Qwen2Tokenizer:
     """Train a byte-level BPE tokenizer on ``texts`` and wrap it as a Qwen2 tokenizer with the Qwen2.5 chat template.
 
     The chat template's own text (role headers, default system prompt, tool-call markup) is added to the corpus so
     that the template renders into few tokens. Each of ``whole_phrases`` (for example an environment's actions)
     becomes one added token, matched as a whole word wherever it appears, in prompts and replies alike.
+
+    With ``word_pieces`` the merges only join the letters of one word, never a space or
+    punctuation, so a word is the same tokens wherever it appears. Qwen's split regex keeps a word's leading space
+    or bracket in its pre-token, so otherwise ``" Barur"`` (in a question) and ``"[Barur"`` (in ``search[Barur]``)
+    get different tokens and an agent cannot learn to copy a name it has never seen as a regular pattern; with it
+    both are the separate piece (``" "`` or ``"["``) followed by the same tokens of ``"Barur"``. Only training
+    changes: the saved tokenizer keeps the Qwen2 pipeline, which never applies a merge the corpus did not produce.
     """
     template_text = Qwen2Tokenizer(vocab={"<|endoftext|>": 0}, merges=[]).apply_chat_template(
         _TEMPLATE_SAMPLE, chat_template=qwen2_5_chat_template, tokenize=False
     )
     corpus = [*texts, template_text, qwen2_5_chat_template]
     bpe = _qwen2_pipeline(Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False)))
+    if word_pieces:
+        bpe.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(WORD_PIECE_REGEX), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     trainer = BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
@@ -124,6 +143,59 @@ def build_tiny_model(
     return model
 
 
+def pretrain_tiny_model(
+    model: Qwen2ForCausalLM,
+    tokenizer: Qwen2Tokenizer,
+    texts: Sequence[str],
+    *,
+    steps: int,
+    learning_rate: float = 3e-3,
+    batch_size: int = 16,
+    block_size: int = 256,
+    seed: int = 0,
+) -> list[float]:
+    """Next-token pretraining of ``model`` on ``texts`` (every token trained), in place; returns the loss per step.
+
+    A stand-in for the pretraining a real LLM brings: the texts are tokenised, joined with EOS and cut into blocks of
+    ``block_size`` tokens; each step trains ``batch_size`` random blocks with AdamW (linear warm-up over the first
+    tenth, then cosine decay). An environment's text repeats its names (a search result's title and its first words,
+    a query and the passages it finds, an ASIN on the result page and in the action list), so this is where a small
+    model learns to copy, from every token rather than from the few reply tokens a warm start trains.
+    """
+    import math
+
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    blocks = torch.tensor(ids[: len(ids) // block_size * block_size]).view(-1, block_size)
+    if steps < 1 or len(blocks) == 0:
+        raise ValueError(f"Pretraining needs steps >= 1 and at least {block_size} tokens of text.")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        ),
+    )
+    model.train()
+    losses = []
+    for _ in range(steps):
+        batch = blocks[torch.randint(len(blocks), (batch_size,), generator=generator)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
 def save_tiny_agent(model: Qwen2ForCausalLM, tokenizer: Qwen2Tokenizer, output_dir: str | Path) -> Path:
     """Save model and tokenizer so that ``from_pretrained(output_dir)`` rebuilds both."""
     output_dir = Path(output_dir)
@@ -183,6 +255,9 @@ def build_tiny_agent(
     num_tasks: int = 100,
     vocab_size: int = 1024,
     action_tokens: bool = False,
+    word_pieces: bool = False,
+    pretrain_steps: int = 0,
+    pretrain_learning_rate: float = 3e-3,
     **model_kwargs: int | bool,
 ) -> Path:
     """Build and save a tokenizer trained on ``env_id``'s text plus a randomly initialised small Qwen2 model.
@@ -191,10 +266,25 @@ def build_tiny_agent(
     reading an action off the admissible list is a single copy: a 2-layer agent otherwise learns to sequence the
     words of an action, and RL can break that sequencing (measured on coin: a fifth of one agent's actions became a
     bare ``"move"``). On the quickstart its warm starts reached test success 0.67-0.82 (0.42-0.84 without it, over the
-    recorded runs) and 20 RL steps did not improve them, so the quickstart leaves it off."""
+    recorded runs) and 20 RL steps did not improve them, so the quickstart leaves it off. ``word_pieces``: see
+    :func:`build_tokenizer`; for environments whose replies copy names out of the observations (search, webshop).
+    ``pretrain_steps`` > 0: :func:`pretrain_tiny_model` on the same corpus before saving (the loss history goes to
+    ``pretrain_losses.json`` beside the model)."""
     texts, actions = _walk_gold_plans(env_id, env_kwargs, num_tasks, max_turns=30)
-    tokenizer = build_tokenizer(texts, vocab_size=vocab_size, whole_phrases=actions if action_tokens else ())
-    return save_tiny_agent(build_tiny_model(tokenizer, **model_kwargs), tokenizer, output_dir)
+    tokenizer = build_tokenizer(
+        texts, vocab_size=vocab_size, whole_phrases=actions if action_tokens else (), word_pieces=word_pieces
+    )
+    model = build_tiny_model(tokenizer, **model_kwargs)
+    losses = None
+    if pretrain_steps > 0:
+        seed = int(model_kwargs.get("seed", 0))
+        losses = pretrain_tiny_model(
+            model, tokenizer, texts, steps=pretrain_steps, learning_rate=pretrain_learning_rate, seed=seed
+        )
+    path = save_tiny_agent(model, tokenizer, output_dir)
+    if losses is not None:
+        (path / "pretrain_losses.json").write_text(json.dumps([round(loss, 4) for loss in losses]))
+    return path
 
 
 @dataclass
@@ -207,6 +297,17 @@ class BuildTinyArguments:
     action_tokens: bool = field(
         default=False, metadata={"help": "Make every admissible action of the corpus a single token."}
     )
+    word_pieces: bool = field(
+        default=False,
+        metadata={
+            "help": "BPE merges only inside a word (never a space or punctuation), so a copied name keeps its tokens."
+        },
+    )
+    pretrain_steps: int = field(
+        default=0,
+        metadata={"help": "Next-token pretraining steps on the corpus before saving (16 blocks of 256 tokens each)."},
+    )
+    pretrain_learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate of the pretraining."})
     hidden_size: int = field(default=64, metadata={"help": "Model width (the MLP is twice as wide)."})
     num_hidden_layers: int = field(default=2, metadata={"help": "Model depth."})
     seed: int = field(default=0, metadata={"help": "Initialisation seed."})
@@ -228,6 +329,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_empg.work
         num_tasks=args.num_tasks,
         vocab_size=args.vocab_size,
         action_tokens=args.action_tokens,
+        word_pieces=args.word_pieces,
+        pretrain_steps=args.pretrain_steps,
+        pretrain_learning_rate=args.pretrain_learning_rate,
         hidden_size=args.hidden_size,
         intermediate_size=2 * args.hidden_size,
         num_hidden_layers=args.num_hidden_layers,
