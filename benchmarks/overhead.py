@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import resource
 import select
 import statistics
@@ -394,13 +395,17 @@ def _schedule_lockstep(args: argparse.Namespace) -> tuple[dict[str, list[dict]],
     finally:
         for worker in workers.values():
             worker.close()
-    return results, rounds
+    return {name: results[name] for name in args.configs}, rounds
 
 
 def _spread(values: list[float]) -> dict:
+    """Median, quartiles, range and a bootstrap 95% interval of the median (seeded) of the per-round ratios."""
     quartiles = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    draw = random.Random(0)
+    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(2000))
     return {
         "median": statistics.median(values),
+        "median_ci95": [medians[49], medians[1949]],
         "quartiles": [quartiles[0], quartiles[2]],
         "range": [min(values), max(values)],
     }
@@ -533,9 +538,20 @@ def main(argv: list[str] | None = None) -> None:
     print(plot(report, args.output.with_suffix(".png")))
 
 
+def _paired(row: dict, name: str, baseline: str) -> tuple[float | None, list[float] | None]:
+    """A time ratio as plotted: the median of the per-round ratios and their range (the paired estimate: both steps
+    of a round share the machine's state), or, in result files written before the spread was kept, the ratio of
+    the medians and the range of the round ratios."""
+    spread = row.get(name + "_round_spread")
+    if spread:
+        return spread["median"], spread["range"]
+    return row.get(f"{name}_vs_{baseline}"), row.get(name + "_range")
+
+
 def plot(report: dict, path: Path) -> Path:
-    """Every EMPG variant's step-time (wall and, where recorded, CPU) and peak-memory ratio to its baseline, the
-    per-round range as error bars; targets dashed. Also redraws result files written before CPU time was recorded."""
+    """Every EMPG variant's step-time (wall and, where recorded, CPU: median of the per-round ratios, their range as
+    error bars) and peak-memory ratio to its baseline; targets dashed. Also redraws result files written before CPU
+    time was recorded."""
     from matplotlib.figure import Figure
 
     rows = []
@@ -548,11 +564,8 @@ def plot(report: dict, path: Path) -> Path:
                         name,
                         baseline,
                         [
-                            (row[key], row.get("time_ratio_range")),
-                            (
-                                row.get("cpu_time_ratio_vs_" + baseline),
-                                row.get("cpu_time_ratio_round_spread", {}).get("range"),
-                            ),
+                            _paired(row, "time_ratio", baseline),
+                            _paired(row, "cpu_time_ratio", baseline),
                             (row["memory_ratio_vs_" + baseline], None),
                         ],
                     )
@@ -577,7 +590,7 @@ def plot(report: dict, path: Path) -> Path:
     for value, style in ((report["targets"]["time_ratio_generation"], "--"), (1.0, ":")):
         axis.axhline(value, color="gray", linestyle=style, linewidth=1)
     axis.set_xticks(list(range(len(rows))), [f"{name}\nvs {baseline}" for name, baseline, _ in rows], fontsize=8)
-    axis.set_ylabel("EMPG / baseline (bars: per-round range)")
+    axis.set_ylabel("EMPG / baseline\n(median of rounds, range)")
     settings = report["settings"]
     model = Path(settings["model"]).name if settings.get("model") else settings["preset"]
     dtype = report.get("weight_dtype", "").removeprefix("torch.")

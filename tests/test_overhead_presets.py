@@ -64,6 +64,8 @@ def test_model_folder_bf16_lora_lockstep(tmp_path):
     assert row["cpu_time_ratio_vs_grpo"] > 0 and len(row["cpu_time_ratio_per_round"]) == 2
     low, high = row["time_ratio_round_spread"]["range"]
     assert low <= row["time_ratio_round_spread"]["median"] <= high and row["memory_ratio_vs_grpo"] > 0
+    ci_low, ci_high = row["cpu_time_ratio_round_spread"]["median_ci95"]
+    assert min(row["cpu_time_ratio_per_round"]) <= ci_low <= ci_high <= max(row["cpu_time_ratio_per_round"])
     assert row["same_rollouts_share"] == 1.0  # learning rate 0: the two policies stay equal
     assert output.with_suffix(".png").stat().st_size > 1000
 
