@@ -94,3 +94,16 @@ def test_pretraining_lowers_the_loss_and_is_saved_beside_the_agent(tmp_path):
         ]
     )
     assert len(json.loads((out / "pretrain_losses.json").read_text())) == 3
+
+
+def test_copy_drills_repeat_each_span_once():
+    import torch
+
+    from trl_empg.workflows.tiny import _copy_drills
+
+    tokens = torch.arange(100, 200)
+    rows = _copy_drills(tokens, 3, 64, torch.Generator().manual_seed(0))
+    assert rows.shape == (3, 64) and bool(((rows >= 100) & (rows < 200)).all())
+    row = rows[0].tolist()
+    # The row starts with a span of 4-24 tokens followed by the same span.
+    assert any(row[:k] == row[k : 2 * k] for k in range(4, 25))
