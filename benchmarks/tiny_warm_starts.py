@@ -90,11 +90,19 @@ FINDINGS: dict[str, list[str]] = {
         "[0.000, 0.008], greedy 0.000, in context 0.042, first query exact 0.006, train token accuracy 0.53: "
         "without names to memorise it copies no better (its full result file: git show e073ce4:"
         "benchmarks/results/warm_starts/search.json)",
+        "E: as B with --pretrain_steps 1000 --pretrain_copy_fraction 0.5 (225 s wall): repeat probe nll 4.42 -> "
+        "4.05 (first -> second copy of a 12-token corpus-frequency span; B: 9.09 -> 9.32); stopped before SFT",
+        "F (this recipe): as B with --pretrain_steps 2500 --pretrain_copy_fraction 0.75 (539 s wall), 200 SFT steps "
+        "(289 s wall): sampled 0.020 [0.011, 0.037], greedy 0.047 [0.031, 0.069], invalid 0.002 / 0.0, in context "
+        "0.047 / 0.065, first query exact 0.004 / 0.008; probe 4.10 -> 3.81: still no induction head, the wins "
+        "are mostly guessable answers (industry, country), not copied names",
         "Diagnosis: the first query is a pointer, not an induction copy: the name follows 'of' or a quote in the "
         "question but '[' in the reply, and the only earlier '[' in the context is 'search[query]' in the "
         "instructions. --word_pieces makes the name's tokens identical in both places (necessary), but a 2-layer "
         "64-wide model in <= 250 SFT steps (<= 4000 demonstrations, one first-query event each) does not learn "
-        "to point at it. Not tried for lack of time: wider/deeper models, thousands of SFT steps.",
+        "to point at it. Neither forms an induction head: the repeat probe shows no copying in any agent built here. "
+        "Not tried for lack of time: wider (128+) or deeper models, lower pretraining learning rates, 10k+ "
+        "pretraining steps of copy drills until the probe shows the induction phase change, thousands of SFT steps.",
     ],
     "webshop": [
         "before (benchmarks/results/webshop/webshop_style_cpu.json): default BPE 1024, 150 SFT steps, noise 0.25: "
