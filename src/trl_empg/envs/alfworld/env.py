@@ -362,6 +362,12 @@ class ALFWorldEnv(TextEnv):
     The reset observation is ALFWorld's intro without its "-= Welcome to TextWorld, ALFRED! =-" banner. The reward
     is 1.0 on the winning step; ``max_steps`` steps end the episode.
 
+    ``gold_plan="search"`` reports instead an expert that cannot see inside receptacles it has not visited
+    (:func:`search_plan`): the full-knowledge plan walks straight to a hidden object, which an imitating agent cannot
+    learn. ``generated_tasks`` (e.g. ``{"test": 200}``) lists more (or fewer) generated tasks per split than
+    :data:`GENERATED_TASKS`. ``hide_actions`` (command prefixes, e.g. ``["examine ", "help", "look"]``) are left out
+    of ``admissible_actions``; they still play and are not flagged invalid.
+
     ``task_seeds(split)`` lists ``SEED_OFFSETS[split] + i``. Official mode accepts only those seeds; generated mode
     accepts any integer seed (the game is a function of split, seed and task type) and writes its game the first
     time it is reset, in a subprocess stopped after ``generation_timeout`` seconds, to
