@@ -44,21 +44,14 @@ def test_word_pieces_survive_save_and_reload(tmp_path):
         assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
 
 
+def _build_coin_agent(tmp_path, *flags: str):
+    """``build-tiny`` on three twx:coin tasks with a 600-token vocabulary, plus ``flags``."""
+    argv = ["--env_id", "twx:coin", "--output_dir", str(tmp_path / "agent"), "--num_tasks", "3", "--vocab_size", "600"]
+    return main([*argv, *flags])
+
+
 def test_build_tiny_cli_passes_word_pieces(tmp_path):
-    out = main(
-        [
-            "--env_id",
-            "twx:coin",
-            "--output_dir",
-            str(tmp_path / "agent"),
-            "--num_tasks",
-            "3",
-            "--vocab_size",
-            "600",
-            "--word_pieces",
-            "true",
-        ]
-    )
+    out = _build_coin_agent(tmp_path, "--word_pieces", "true")
     tokenizer = AutoTokenizer.from_pretrained(out)
     coin = tokenizer("coin")["input_ids"]
     assert tokenizer("take coin")["input_ids"][-len(coin) :] == coin
@@ -77,22 +70,7 @@ def test_pretraining_lowers_the_loss_and_is_saved_beside_the_agent(tmp_path):
     assert len(losses) == 30 and sum(losses[-5:]) < 0.8 * sum(losses[:5])
     assert not model.training and all(torch.isfinite(p).all() for p in model.parameters())
 
-    out = main(
-        [
-            "--env_id",
-            "twx:coin",
-            "--output_dir",
-            str(tmp_path / "agent"),
-            "--num_tasks",
-            "3",
-            "--vocab_size",
-            "600",
-            "--hidden_size",
-            "32",
-            "--pretrain_steps",
-            "3",
-        ]
-    )
+    out = _build_coin_agent(tmp_path, "--hidden_size", "32", "--pretrain_steps", "3")
     assert len(json.loads((out / "pretrain_losses.json").read_text())) == 3
 
 
