@@ -270,9 +270,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         sft_batch=4,
     ),
     # WebShop-style: search, click a product, its options, buy (4.6 gold turns), ~1,400-token demonstrations.
-    # Not measured yet (costs_webshop.json comes first): estimated from the search and coin warm starts' ~65
-    # tokens/s and WebShop-style demonstrations of ~1,400 tokens, ~21 s per demonstration, so 72 demonstrations
-    # (18 steps of 4) to stay near 25 minutes. Re-size from costs_webshop.json (run --until costs_webshop first).
+    # Sized before costs_webshop.json from the other warm starts' ~65 tokens/s (~21 s per demonstration: 72 in 18
+    # steps of 4, ~25 minutes); measured then at load 8.7: 35 tokens/s, 40 s per demonstration, so the stage took
+    # 39 minutes (sft_webshop.json).
     "webshop": Benchmark(
         "webshop",
         "webshop",
