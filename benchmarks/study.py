@@ -111,9 +111,15 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
     # ALFWorld-style (problems generated from the wheel's layouts, the searching expert's plans): 200 test games x 3.
     "alfworld": {
         "env_id": "alfworld",
-        "env_kwargs": {"mode": "generated", "max_steps": 40, "gold_plan": "search", "generated_tasks": {"test": 200}},
+        "env_kwargs": {
+            "mode": "generated",
+            "max_steps": 30,
+            "gold_plan": "search",
+            "generated_tasks": {"test": 200},
+            "hide_actions": ["examine ", "help", "inventory", "look", "close "],
+        },
         "rollout": {
-            "max_turns": 40,
+            "max_turns": 30,
             "max_turn_tokens": 16,
             "max_completion_length": 4096,
             "prompt_style": "plain",
@@ -133,6 +139,7 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
         "env_kwargs": {
             "game_params": {"numLocations": 2, "numIngredients": 5, "numDistractorItems": 0, "includeDoors": 0},
             "max_steps": 32,
+            "hide_actions": ["examine ", "look around", "inventory"],
         },
         "rollout": {
             "max_turns": 32,
