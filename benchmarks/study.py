@@ -41,7 +41,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import learning  # noqa: E402  (benchmarks/ is a folder of scripts)
+import long_warm_starts  # noqa: E402
 import study_analysis  # noqa: E402
+
+
+def taught_settings(row: dict[str, Any]) -> dict[str, Any]:
+    """The env and rollout settings a warm-start runner's row taught its agent with, which RL and every evaluation
+    must repeat: read from that row, so they are defined once. learning.py always lists the admissible actions."""
+    if not row["rollout"].get("show_admissible_actions", True):
+        raise ValueError("learning.py always shows the admissible actions; this warm start was taught without them.")
+    rollout = {key: value for key, value in row["rollout"].items() if key != "show_admissible_actions"}
+    return {"env_id": row["env_id"], "env_kwargs": row["env_kwargs"], "rollout": rollout}
+
 
 # ------------------------------------------------------------------------------------------------------ the table
 #: One row per benchmark. ``rollout`` and ``training`` are ``benchmarks/learning.py`` settings (its argument names;
@@ -110,21 +121,7 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
     },
     # ALFWorld-style (problems generated from the wheel's layouts, the searching expert's plans): 200 test games x 3.
     "alfworld": {
-        "env_id": "alfworld",
-        "env_kwargs": {
-            "mode": "generated",
-            "max_steps": 30,
-            "gold_plan": "search",
-            "generated_tasks": {"test": 200},
-            "hide_actions": ["examine ", "help", "inventory", "look", "close "],
-        },
-        "rollout": {
-            "max_turns": 30,
-            "max_turn_tokens": 16,
-            "max_completion_length": 4096,
-            "prompt_style": "plain",
-            "invalid_action_penalty": 0.1,
-        },
+        **taught_settings(long_warm_starts.BENCHMARKS["alfworld"]),
         "training": {},
         "warm_start": {
             "path": "runs/warm_starts/alfworld",
@@ -135,19 +132,7 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
     },
     # A long TextWorldExpress game: cookingworld, 2 rooms, 5 ingredients (gold plans of 15-22 actions), 32 turns.
     "twx-cookingworld-long": {
-        "env_id": "twx:cookingworld",
-        "env_kwargs": {
-            "game_params": {"numLocations": 2, "numIngredients": 5, "numDistractorItems": 0, "includeDoors": 0},
-            "max_steps": 32,
-            "hide_actions": ["examine ", "look around", "inventory"],
-        },
-        "rollout": {
-            "max_turns": 32,
-            "max_turn_tokens": 8,
-            "max_completion_length": 4096,
-            "prompt_style": "plain",
-            "invalid_action_penalty": 0.1,
-        },
+        **taught_settings(long_warm_starts.BENCHMARKS["twx-cookingworld-long"]),
         "training": {},
         "warm_start": {
             "path": "runs/warm_starts/twx-cookingworld-long",
